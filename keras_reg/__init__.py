@@ -1,0 +1,30 @@
+"""keras_reg: one-line training-time regularisation for compiled Keras models.
+
+Example:
+    >>> import keras_reg
+    >>> model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
+    >>> keras_reg.adversarial_training(model, "Embedding-Token", epsilon=1.0)
+    >>> model.fit(x, y)
+"""
+
+from keras_reg import callbacks
+from keras_reg.training import (
+    FGM,
+    TrainingRegularizer,
+    adversarial_training,
+    installed_regularizer,
+)
+from keras_reg.training import install as install_regularizer
+from keras_reg.training import remove as remove_regularization
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FGM",
+    "TrainingRegularizer",
+    "adversarial_training",
+    "callbacks",
+    "install_regularizer",
+    "installed_regularizer",
+    "remove_regularization",
+]

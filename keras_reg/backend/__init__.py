@@ -1,0 +1,49 @@
+"""Backend dispatch: the only package that knows which framework runs a model.
+
+Each backend module offers the same two names:
+
+- ``step_scope(model, variables)``: a context manager entered around one training
+  step, returning a recorder the step uses to take gradients of the loss.
+- ``Step``: a `keras_reg.backend.base.Step` with the framework's autodiff,
+  sparse handling and in-place perturbation.
+"""
+
+import importlib
+
+_MODULES = {
+    "tf_keras": "keras_reg.backend.tf_keras",
+    "tensorflow": "keras_reg.backend.tensorflow",
+}
+
+
+def framework(model):
+    """Returns ``'tf_keras'`` for a tf_keras (Keras 2) model, else the Keras 3 backend.
+
+    Args:
+        model: A Keras 3 or tf_keras model.
+
+    Returns:
+        One of ``'tf_keras'``, ``'tensorflow'``, ``'jax'``, ``'torch'``.
+    """
+    for cls in type(model).__mro__:
+        if cls.__module__.startswith("tf_keras."):
+            return "tf_keras"
+    from keras_reg._compat import keras
+
+    return keras.backend.backend()
+
+
+def for_model(model):
+    """Returns the backend module that trains ``model``.
+
+    Raises:
+        NotImplementedError: The model's framework has no keras_reg backend yet.
+    """
+    name = framework(model)
+    if name not in _MODULES:
+        raise NotImplementedError(
+            f"keras_reg's training-step regularisers do not support the {name!r} "
+            f"backend yet (supported: {', '.join(sorted(_MODULES))}). "
+            "Set KERAS_BACKEND=tensorflow, or use a tf_keras model."
+        )
+    return importlib.import_module(_MODULES[name])

@@ -1,0 +1,14 @@
+"""Regularisers that act inside a training step, and their installer."""
+
+from keras_reg.training.adversarial import FGM, adversarial_training
+from keras_reg.training.regularizer import TrainingRegularizer
+from keras_reg.training.step import install, installed_regularizer, remove
+
+__all__ = [
+    "FGM",
+    "TrainingRegularizer",
+    "adversarial_training",
+    "install",
+    "installed_regularizer",
+    "remove",
+]

@@ -1,0 +1,81 @@
+"""Finding the embedding matrix a regulariser perturbs, by layer name."""
+
+
+def _all_layers(model):
+    """Yields every layer inside ``model`` (nested models and sublayers too)."""
+    flatten = getattr(model, "_flatten_layers", None)
+    if flatten is not None:  # Keras 3 and tf_keras both have it.
+        yield from flatten(include_self=False, recursive=True)
+        return
+    for layer in getattr(model, "layers", []):
+        yield layer
+        yield from _all_layers(layer)
+
+
+def _matrix_of(layer):
+    """Returns the layer's 2-D ``embeddings`` variable, or None."""
+    matrix = getattr(layer, "embeddings", None)
+    shape = getattr(matrix, "shape", None)
+    if shape is None or len(shape) != 2 or not hasattr(matrix, "assign"):
+        return None
+    return matrix
+
+
+def embedding_layer_names(model):
+    """Returns the names of the layers of ``model`` that own an embedding matrix."""
+    return [layer.name for layer in _all_layers(model) if _matrix_of(layer) is not None]
+
+
+def find_embedding_layer(model, layer_name):
+    """Returns the layer called ``layer_name``, checking it owns an embedding matrix.
+
+    The matrix is the layer's ``embeddings`` attribute, as in
+    ``keras.layers.Embedding``, keras-hub's ``ReversibleEmbedding`` and
+    bert4keras's ``Embedding`` (``'Embedding-Token'`` in its BERT).
+
+    Args:
+        model: A Keras 3 or tf_keras model.
+        layer_name: The name of the embedding layer.
+
+    Returns:
+        The layer. Its matrix is read with `embedding_matrix` when the step runs,
+        so a subclassed model may be installed on before it is built.
+
+    Raises:
+        ValueError: No layer has that name, or the (built) layer has no embedding
+            matrix. The message lists the layers that do have one.
+    """
+    layers = [layer for layer in _all_layers(model) if layer.name == layer_name]
+    candidates = embedding_layer_names(model)
+    listing = ", ".join(repr(name) for name in candidates) or "none"
+    if not layers:
+        raise ValueError(
+            f"No layer named {layer_name!r} in model {model.name!r}. "
+            f"Layers with an embedding matrix: {listing}. "
+            "Pass one of those names."
+        )
+    layer = layers[0]
+    if getattr(layer, "built", True):
+        embedding_matrix(layer, listing)
+    return layer
+
+
+def embedding_matrix(layer, listing=None):
+    """Returns the ``vocabulary x dim`` variable of an embedding layer.
+
+    Args:
+        layer: The layer found by `find_embedding_layer`.
+        listing: Names of the model's embedding layers, for the error message.
+
+    Raises:
+        ValueError: The layer has no 2-D ``embeddings`` variable.
+    """
+    matrix = _matrix_of(layer)
+    if matrix is None:
+        others = f" Layers with an embedding matrix: {listing}." if listing else ""
+        raise ValueError(
+            f"Layer {layer.name!r} ({type(layer).__name__}) has no embedding "
+            f"matrix (a 2-D `embeddings` variable).{others} "
+            "Pass the name of an embedding layer."
+        )
+    return matrix

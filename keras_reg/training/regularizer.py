@@ -1,0 +1,59 @@
+"""Base class of the regularisers that act inside a training step."""
+
+import abc
+
+from keras_reg._compat import keras
+
+
+class TrainingRegularizer(abc.ABC):
+    """A regulariser that changes the loss a compiled model trains on.
+
+    Subclasses implement `regularized_loss`, which receives the step's clean
+    loss and backend primitives (`keras_reg.backend.base.Step`) and returns the
+    loss to differentiate. They are configured by plain arguments and round-trip
+    through `get_config` / `from_config`, like Keras regularisers.
+
+    Install one with `keras_reg.training.step.install` (or the public helpers such
+    as `keras_reg.adversarial_training`); remove it with
+    `keras_reg.remove_regularization`.
+    """
+
+    def validate(self, model):
+        """Checks, at install time, that ``model`` suits this regulariser.
+
+        Raises:
+            ValueError: The model lacks what the regulariser needs; the
+                message names it and the fix.
+        """
+        del model
+
+    def watched_variables(self, model):
+        """Returns the variables whose clean-loss gradient the step must record."""
+        del model
+        return []
+
+    @abc.abstractmethod
+    def regularized_loss(self, step):
+        """Returns the loss to differentiate in this training step.
+
+        Args:
+            step: A `keras_reg.backend.base.Step`.
+        """
+
+    def get_config(self):
+        """Returns the constructor arguments as a JSON-serialisable dict."""
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        """Creates a regulariser from the output of `get_config`."""
+        return cls(**config)
+
+    def __repr__(self):
+        arguments = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({arguments})"
+
+
+def register(cls):
+    """Registers ``cls`` for Keras serialisation under the package ``keras_reg``."""
+    return keras.saving.register_keras_serializable(package="keras_reg")(cls)

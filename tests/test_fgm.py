@@ -1,0 +1,279 @@
+"""FGM adversarial training: closed-form steps, exactness, install/remove, errors."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import keras_reg
+from keras_reg._compat import keras
+from tests import fgm_reference, models
+
+pytestmark = pytest.mark.backends("tensorflow")
+
+STYLES = ["sequential", "functional", "subclassed"]
+LR, EPSILON = 0.5, 0.7
+
+
+def _compiled(style, lr=LR, l2=0.0, dropout=0.0, **compile_kwargs):
+    model = models.build(style, l2=l2, dropout=dropout)
+    model.compile(
+        loss="sparse_categorical_crossentropy",
+        optimizer=keras.optimizers.SGD(lr),
+        **compile_kwargs,
+    )
+    return model
+
+
+def _fit_one_batch(model, x, y, w, epochs=1, **kwargs):
+    model.fit(
+        x,
+        y,
+        sample_weight=w,
+        batch_size=len(x),
+        epochs=epochs,
+        shuffle=False,
+        verbose=0,
+        **kwargs,
+    )
+
+
+def _assert_weights(model, expected):
+    for got, want in zip(models.get_weights(model), expected):
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_one_step_matches_numpy(style, rng):
+    E, W, b = models.initial_weights(rng)
+    x, y, w = models.batch(rng)
+    model = _compiled(style)
+    models.set_weights(model, E, W, b)
+    assert keras_reg.adversarial_training(model, "emb", epsilon=EPSILON) is model
+    _fit_one_batch(model, x, y, w)
+    _assert_weights(model, fgm_reference.fgm_sgd_step(E, W, b, x, y, LR, EPSILON, w))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"add_clean_loss": True},
+        {"l2": 0.05},  # the regulariser's gradient makes dL/dE dense
+        {"jit_compile": True},  # XLA: the dense path
+        {"run_eagerly": True},
+    ],
+    ids=lambda o: next(iter(o)),
+)
+def test_variants_match_numpy(options, rng):
+    l2 = options.get("l2", 0.0)
+    add_clean = options.get("add_clean_loss", False)
+    compile_kwargs = {
+        k: v for k, v in options.items() if k in ("jit_compile", "run_eagerly")
+    }
+    E, W, b = models.initial_weights(rng)
+    x, y, w = models.batch(rng)
+    model = _compiled("functional", l2=l2, **compile_kwargs)
+    models.set_weights(model, E, W, b)
+    keras_reg.adversarial_training(
+        model, "emb", epsilon=EPSILON, add_clean_loss=add_clean
+    )
+    _fit_one_batch(model, x, y, w)
+    expected = fgm_reference.fgm_sgd_step(
+        E, W, b, x, y, LR, EPSILON, w, l2=l2, add_clean=add_clean
+    )
+    _assert_weights(model, expected)
+
+
+def test_three_steps_match_numpy(rng):
+    E, W, b = models.initial_weights(rng)
+    x, y, w = models.batch(rng)
+    model = _compiled("functional")
+    models.set_weights(model, E, W, b)
+    keras_reg.adversarial_training(model, "emb", epsilon=EPSILON)
+    _fit_one_batch(model, x, y, w, epochs=3)
+    for _ in range(3):
+        E, W, b = fgm_reference.fgm_sgd_step(E, W, b, x, y, LR, EPSILON, w)
+    _assert_weights(model, (E, W, b))
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+def test_embedding_is_restored_bit_for_bit(jit_compile, rng):
+    """With a learning rate of 0, no step may change the embedding, not by an ulp."""
+    E, W, b = models.initial_weights(rng)
+    E = (E * 0.02).astype("float32")  # BERT-like scale: w + d - d != w here
+    x, y, w = models.batch(rng)
+    model = _compiled("functional", lr=0.0, jit_compile=jit_compile)
+    models.set_weights(model, E, W, b)
+    keras_reg.adversarial_training(model, "emb", epsilon=3.0)
+    seen = []
+    probe = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda *_, **__: seen.append(models.get_weights(model)[0])
+    )
+    _fit_one_batch(model, x, y, w, epochs=5, callbacks=[probe])
+    assert len(seen) == 5
+    for matrix in seen:
+        np.testing.assert_array_equal(matrix, E)
+    # The subtraction restore really would have drifted for such values:
+    delta = rng.normal(size=E.shape).astype("float32") * 0.3
+    assert np.any((E + delta) - delta != E)
+
+
+def test_frozen_embedding_is_perturbed_but_never_changed(rng):
+    E, W, b = models.initial_weights(rng)
+    x, y, w = models.batch(rng)
+    model = models.build("functional")
+    model.get_layer("emb").trainable = False
+    model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
+    models.set_weights(model, E, W, b)
+    keras_reg.adversarial_training(model, "emb", epsilon=EPSILON)
+    _fit_one_batch(model, x, y, w, epochs=3)
+    np.testing.assert_array_equal(models.get_weights(model)[0], E)
+    assert not np.allclose(models.get_weights(model)[1], W)
+
+
+def test_remove_restores_the_plain_step(rng):
+    E, W, b = models.initial_weights(rng)
+    x, y, w = models.batch(rng)
+    model = _compiled("sequential")
+    models.set_weights(model, E, W, b)
+    keras_reg.adversarial_training(model, "emb", epsilon=EPSILON)
+    _fit_one_batch(model, x, y, w)  # traces and caches the FGM train function
+    E1, W1, b1 = models.get_weights(model)
+    assert keras_reg.remove_regularization(model) is model
+    assert keras_reg.installed_regularizer(model) is None
+    assert "train_step" not in vars(model) and "compute_loss" not in vars(model)
+    _fit_one_batch(model, x, y, w)
+    _assert_weights(model, fgm_reference.plain_sgd_step(E1, W1, b1, x, y, LR, w))
+
+
+def test_applying_again_replaces_and_warns(rng):
+    E, W, b = models.initial_weights(rng)
+    x, y, w = models.batch(rng)
+    model = _compiled("functional")
+    models.set_weights(model, E, W, b)
+    keras_reg.adversarial_training(model, "emb", epsilon=5.0)
+    with pytest.warns(UserWarning, match="Replacing FGM"):
+        keras_reg.adversarial_training(model, "emb", epsilon=EPSILON)
+    _fit_one_batch(model, x, y, w)
+    _assert_weights(model, fgm_reference.fgm_sgd_step(E, W, b, x, y, LR, EPSILON, w))
+    keras_reg.remove_regularization(model)
+    assert "train_step" not in vars(model)
+
+
+def test_callback_installs_for_one_fit_only(rng):
+    E, W, b = models.initial_weights(rng)
+    x, y, w = models.batch(rng)
+    model = _compiled("functional")
+    models.set_weights(model, E, W, b)
+    _fit_one_batch(model, x, y, w, epochs=0)  # a train function is already cached
+    scope = keras_reg.callbacks.RegularizationScope(keras_reg.FGM("emb", EPSILON))
+    _fit_one_batch(model, x, y, w, callbacks=[scope])
+    E, W, b = fgm_reference.fgm_sgd_step(E, W, b, x, y, LR, EPSILON, w)
+    _assert_weights(model, (E, W, b))
+    assert keras_reg.installed_regularizer(model) is None
+    _fit_one_batch(model, x, y, w)
+    _assert_weights(model, fgm_reference.plain_sgd_step(E, W, b, x, y, LR, w))
+
+
+def test_evaluate_and_predict_are_unchanged(rng):
+    E, W, b = models.initial_weights(rng)
+    x, y, w = models.batch(rng)
+    model = _compiled("functional")
+    models.set_weights(model, E, W, b)
+    plain_loss = model.evaluate(x, y, sample_weight=w, verbose=0)
+    keras_reg.adversarial_training(model, "emb", epsilon=EPSILON)
+    assert model.evaluate(x, y, sample_weight=w, verbose=0) == pytest.approx(plain_loss)
+    expected_loss = fgm_reference.loss_and_gradients(E, W, b, x, y, w)[0]
+    assert plain_loss == pytest.approx(expected_loss, rel=1e-5)
+
+
+def test_reported_loss_is_the_adversarial_loss(rng):
+    E, W, b = models.initial_weights(rng)
+    x, y, w = models.batch(rng)
+    model = _compiled("functional", lr=0.0)
+    models.set_weights(model, E, W, b)
+    keras_reg.adversarial_training(model, "emb", epsilon=EPSILON)
+    history = model.fit(x, y, sample_weight=w, batch_size=len(x), verbose=0)
+    _, g, _, _ = fgm_reference.loss_and_gradients(E, W, b, x, y, w)
+    delta = EPSILON * g / np.linalg.norm(g)
+    expected = fgm_reference.loss_and_gradients(E + delta, W, b, x, y, w)[0]
+    assert history.history["loss"][0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_mixed_precision_step_is_close_to_float32(rng):
+    E, W, b = models.initial_weights(rng)
+    x, y, w = models.batch(rng)
+    keras.config.set_dtype_policy("mixed_float16")
+    model = models.build("functional")
+    optimizer = keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.SGD(LR), initial_scale=64.0
+    )
+    model.compile(loss="sparse_categorical_crossentropy", optimizer=optimizer)
+    models.set_weights(model, E, W, b)
+    keras_reg.adversarial_training(model, "emb", epsilon=EPSILON)
+    _fit_one_batch(model, x, y, w)
+    expected = fgm_reference.fgm_sgd_step(E, W, b, x, y, LR, EPSILON, w)
+    for got, want in zip(models.get_weights(model), expected):
+        np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-2)
+
+
+def test_dropout_model_trains_with_finite_loss(rng):
+    x, y, w = models.batch(rng, size=32)
+    model = _compiled("subclassed", dropout=0.5, metrics=["accuracy"])
+    keras_reg.adversarial_training(model, "emb")
+    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert set(history.history) == {"loss", "accuracy"}
+
+
+# ---- errors: each names the bad value and the fix ------------------------------
+
+
+def test_unknown_layer_lists_embedding_layers():
+    model = _compiled("functional")
+    with pytest.raises(ValueError, match=r"No layer named 'Embedding-Token'.*'emb'"):
+        keras_reg.adversarial_training(model, "Embedding-Token")
+
+
+def test_layer_without_embedding_matrix():
+    model = _compiled("functional")
+    with pytest.raises(
+        ValueError, match=r"'out' \(Dense\) has no embedding matrix.*'emb'"
+    ):
+        keras_reg.adversarial_training(model, "out")
+
+
+def test_model_not_compiled():
+    model = models.build("functional")
+    with pytest.raises(ValueError, match="is not compiled.*model.compile"):
+        keras_reg.adversarial_training(model, "emb")
+    assert "train_step" not in vars(model)
+
+
+def test_unknown_option_suggests_the_right_one():
+    model = _compiled("functional")
+    with pytest.raises(
+        ValueError, match="unknown option 'epsion'.*did you mean 'epsilon'"
+    ):
+        keras_reg.adversarial_training(model, "emb", epsion=1.0)
+
+
+@pytest.mark.parametrize("epsilon", [0, -1.0, float("nan"), float("inf"), "1", True])
+def test_non_positive_epsilon(epsilon):
+    model = _compiled("functional")
+    with pytest.raises(
+        ValueError, match=r"`epsilon` must be a positive number, received"
+    ):
+        keras_reg.adversarial_training(model, "emb", epsilon=epsilon)
+    assert keras_reg.installed_regularizer(model) is None
+
+
+def test_fgm_config_round_trip():
+    fgm = keras_reg.FGM("Embedding-Token", epsilon=0.5, add_clean_loss=True)
+    config = keras.saving.serialize_keras_object(fgm)
+    clone = keras.saving.deserialize_keras_object(config)
+    assert isinstance(clone, keras_reg.FGM)
+    assert clone.get_config() == fgm.get_config()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert repr(clone) == repr(fgm)
