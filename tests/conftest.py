@@ -1,17 +1,28 @@
-"""Shared fixtures. Keras 3 tests run once per backend (KERAS_BACKEND) by the runner."""
+"""Shared fixtures. Keras 3 tests run once per backend (KERAS_BACKEND) by the runner.
+
+tests/tf_keras/ runs in a process of its own (TF_KERAS=1, TF_USE_LEGACY_KERAS=1)
+where bert4keras must be imported before anything imports Keras 3, as a
+bert4keras user would; this file then leaves Keras 3 alone.
+"""
 
 import os
 
 import numpy as np
 import pytest
 
+LEGACY = os.environ.get("TF_KERAS") == "1"
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from keras_reg._compat import keras  # noqa: E402
+if LEGACY:
+    import bert4keras.models  # noqa: F401  (rebinds `import keras` to tf_keras)
+else:
+    from keras_reg._compat import keras
 
 
 def pytest_collection_modifyitems(config, items):
     """Skips tests marked ``backends(...)`` that do not list the active backend."""
+    if LEGACY:
+        return
     active = keras.backend.backend()
     for item in items:
         marker = item.get_closest_marker("backends")
@@ -27,6 +38,9 @@ def pytest_configure(config):
 
 @pytest.fixture(autouse=True)
 def _fresh_keras_state():
+    if LEGACY:
+        yield
+        return
     keras.config.set_dtype_policy("float32")
     keras.utils.set_random_seed(1234)
     yield

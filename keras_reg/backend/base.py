@@ -52,11 +52,11 @@ class Step(abc.ABC):
         """
 
     @abc.abstractmethod
-    def loss_with_perturbation(self, variable, perturbation):
+    def loss_with_perturbation(self, layer, variable, perturbation):
         """Returns the training loss of the batch with ``variable + perturbation``.
 
-        Runs a second training-mode forward pass with the variable perturbed, and
-        restores the variable bit for bit before returning. The returned loss
-        is differentiable with respect to every trainable weight, at the
-        perturbed point; ``perturbation`` itself is treated as a constant.
+        Runs a second training-mode forward pass with ``layer``'s ``variable``
+        perturbed, leaving the variable as it was, bit for bit, when it returns.
+        The returned loss is differentiable with respect to every trainable
+        weight, at the perturbed point; ``perturbation`` is a constant.
         """

@@ -2,16 +2,23 @@
 
 Gradients of the clean loss come from a `tf.GradientTape` opened around the
 whole train step, so the step's own forward pass is reused (no second clean
-forward). Perturbations are applied to the variable in place and undone by
-copying the saved values back:
+forward).
 
-- sparse (the default in graph mode): the embedding gradient is a
-  `tf.IndexedSlices` with one row per token occurrence; repeated rows are summed
-  (``unique`` + ``unsorted_segment_sum``) so the maths equals the dense
-  matrix's, and only the touched rows are perturbed, saved and restored;
-- dense (under XLA, ``jit_compile=True``): ``unique`` and scatters are slow in
-  XLA on CPU (measured 12x), so the gradient is densified and the whole matrix
-  is saved and restored.
+The embedding gradient is a `tf.IndexedSlices` with one row per token
+occurrence. In graph mode repeated rows are summed (``unique`` +
+``unsorted_segment_sum``), so the maths equals the dense matrix's while only
+the touched rows are handled; under XLA (``jit_compile=True``) ``unique`` and
+scatters are slow on CPU (measured 12x), so the gradient is densified.
+
+A perturbation of the matrix E reaches the perturbed forward pass in one of two
+ways:
+
+- for a plain lookup layer (``keras.layers.Embedding``, ``tf_keras``'s), whose
+  output is ``E[ids]``, the layer returns ``E[ids] + delta[ids]`` instead:
+  the same numbers, nothing written to the variable, no copy of the matrix;
+- for any other layer (a tied output head, bert4keras's ``Embedding``), the
+  variable is changed in place and the saved values are copied back after the
+  pass (never ``w + d - d``, which drifts by rounding).
 """
 
 import contextlib
@@ -19,7 +26,9 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from keras_reg._compat import keras
 from keras_reg.backend import base
+from keras_reg.training.interception import transformed_output
 
 
 class SparseRows(NamedTuple):
@@ -89,6 +98,32 @@ def scale_to_norm(gradient, epsilon, dense):
     return gradient * scale
 
 
+def lookup(perturbation, ids):
+    """Returns the rows of the perturbation matrix at ``ids`` (zero if absent).
+
+    Args:
+        perturbation: `SparseRows` or a dense ``vocabulary x dim`` tensor.
+        ids: Integer token ids of any shape.
+
+    Returns:
+        A tensor of shape ``ids.shape + [dim]``.
+    """
+    ids = tf.cast(
+        ids,
+        perturbation.rows.dtype if isinstance(perturbation, SparseRows) else tf.int32,
+    )
+    if not isinstance(perturbation, SparseRows):
+        return tf.gather(perturbation, ids)
+    order = tf.argsort(perturbation.rows)
+    rows = tf.gather(perturbation.rows, order)
+    values = tf.gather(perturbation.values, order)
+    flat = tf.reshape(ids, [-1])
+    position = tf.minimum(tf.searchsorted(rows, flat), tf.size(rows) - 1)
+    found = tf.equal(tf.gather(rows, position), flat)
+    picked = tf.where(found[:, None], tf.gather(values, position), 0.0)
+    return tf.reshape(picked, tf.concat([tf.shape(ids), tf.shape(values)[1:]], 0))
+
+
 @contextlib.contextmanager
 def perturbed(variable, perturbation):
     """Adds ``perturbation`` to ``variable`` in place, then restores it exactly.
@@ -141,10 +176,32 @@ class Step(base.Step):
     def scale_to_norm(self, gradient, epsilon):
         return scale_to_norm(gradient, epsilon, dense=self._dense())
 
-    def loss_with_perturbation(self, variable, perturbation):
-        with perturbed(raw_variable(variable), perturbation):
+    def loss_with_perturbation(self, layer, variable, perturbation):
+        perturbation = tf.nest.map_structure(tf.stop_gradient, perturbation)
+        if self._plain_lookup(layer):
+
+            def add_rows(output, ids):
+                return output + tf.cast(lookup(perturbation, ids), output.dtype)
+
+            context = transformed_output(layer, add_rows)
+        else:
+            context = perturbed(raw_variable(variable), perturbation)
+        with context:
             y_pred = self.model(self.x, training=True)
             return self._perturbed_loss(y_pred)
+
+    def _plain_lookup(self, layer):
+        """Whether the layer's output is ``E[ids]`` and E appears nowhere else.
+
+        An ``embeddings_regularizer`` also reads E, so it takes the in-place path.
+        """
+        return (
+            type(layer).call is self._embedding_class().call
+            and getattr(layer, "embeddings_regularizer", None) is None
+        )
+
+    def _embedding_class(self):
+        return keras.layers.Embedding
 
     def _dense(self):
         return bool(getattr(self.model, "jit_compile", False))

@@ -20,5 +20,10 @@ class Step(tensorflow.Step):
         scale = getattr(optimizer, "get_scaled_loss", None)
         return scale(loss) if scale is not None else loss
 
+    def _embedding_class(self):
+        import tf_keras
+
+        return tf_keras.layers.Embedding
+
     def _perturbed_loss(self, y_pred):
         return self._compute_loss(self.x, self.y, y_pred, self.sample_weight)

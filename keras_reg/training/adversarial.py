@@ -66,13 +66,14 @@ class FGM(TrainingRegularizer):
         return [self._matrix(model)]
 
     def regularized_loss(self, step):
-        matrix = self._matrix(step.model)
+        layer = find_embedding_layer(step.model, self.embedding_name)
+        matrix = embedding_matrix(layer)
         # The direction is invariant to the loss scale; scaling keeps float16
         # gradients from underflowing, and a non-finite gradient makes the
         # loss non-finite, so a LossScaleOptimizer skips the step.
         gradient = step.gradient(step.scale_loss(step.loss), matrix)
         delta = step.scale_to_norm(gradient, self.epsilon)
-        adversarial = step.loss_with_perturbation(matrix, delta)
+        adversarial = step.loss_with_perturbation(layer, matrix, delta)
         return step.loss + adversarial if self.add_clean_loss else adversarial
 
     def _matrix(self, model):
