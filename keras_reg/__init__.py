@@ -10,9 +10,11 @@ Example:
 from keras_reg import callbacks
 from keras_reg.training import (
     FGM,
+    VAT,
     TrainingRegularizer,
     adversarial_training,
     installed_regularizer,
+    virtual_adversarial_training,
 )
 from keras_reg.training import install as install_regularizer
 from keras_reg.training import remove as remove_regularization
@@ -22,9 +24,11 @@ __version__ = "0.1.0"
 __all__ = [
     "FGM",
     "TrainingRegularizer",
+    "VAT",
     "adversarial_training",
     "callbacks",
     "install_regularizer",
     "installed_regularizer",
     "remove_regularization",
+    "virtual_adversarial_training",
 ]

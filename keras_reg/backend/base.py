@@ -2,6 +2,8 @@
 
 import abc
 
+from keras_reg.training.interception import transformed_output
+
 
 class Step(abc.ABC):
     """One training step, as seen by a `keras_reg.training.TrainingRegularizer`.
@@ -60,3 +62,25 @@ class Step(abc.ABC):
         The returned loss is differentiable with respect to every trainable
         weight, at the perturbed point; ``perturbation`` is a constant.
         """
+
+    @abc.abstractmethod
+    def gradient_of(self, function, value):
+        """Returns d function(value) / d value, a dense tensor shaped like ``value``.
+
+        Used by power iterations (VAT); the result is a constant for the
+        step's own gradient.
+        """
+
+    def forward(self, x, training=False, layer=None, transform=None):
+        """Returns the model's output on ``x``, optionally transforming a layer's.
+
+        Args:
+            x: Model inputs.
+            training: Run in training mode (dropout on) or inference mode.
+            layer: A layer whose output ``transform(output, inputs)`` replaces.
+            transform: See ``layer``.
+        """
+        if layer is None:
+            return self.model(x, training=training)
+        with transformed_output(layer, transform):
+            return self.model(x, training=training)

@@ -169,6 +169,12 @@ class Step(base.Step):
             )
         return gradient
 
+    def gradient_of(self, function, value):
+        with tf.GradientTape() as tape:
+            tape.watch(value)
+            result = function(value)
+        return tf.stop_gradient(tf.convert_to_tensor(tape.gradient(result, value)))
+
     def scale_loss(self, loss):
         optimizer = self.model.optimizer
         return optimizer.scale_loss(loss) if optimizer is not None else loss

@@ -53,11 +53,12 @@ class _Installation:
                 self.recorder = None
 
     def compute_loss(self, *args, **kwargs):
-        loss = self.plain_compute_loss(*args, **kwargs)
         recorder, self.recorder = self.recorder, None
         if recorder is None or not kwargs.get("training", True):
-            return loss  # evaluation, predict, or a second call in one step
+            # Evaluation, predict, or a second call in one step.
+            return self.plain_compute_loss(*args, **kwargs)
         bound = dict(zip(self.loss_parameters, args), **kwargs)
+        loss = self._clean_loss(args, kwargs)
         step = self.backend.Step(
             model=self.model,
             recorder=recorder,
@@ -68,6 +69,17 @@ class _Installation:
             compute_loss=self.plain_compute_loss,
         )
         return self.regularizer.regularized_loss(step)
+
+    def _clean_loss(self, args, kwargs):
+        """The model's own loss; only its added losses if compiled without one.
+
+        A model compiled with no loss (the source's VAT set-up: unlabelled data
+        and the regulariser's loss only) has nothing for Keras to compute.
+        """
+        if getattr(self.model, "loss", None) is None:
+            losses = list(self.model.losses)
+            return sum(losses) if losses else 0.0
+        return self.plain_compute_loss(*args, **kwargs)
 
 
 def _check_compiled(model):

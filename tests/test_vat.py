@@ -1,0 +1,247 @@
+"""VAT: power iteration on a quadratic, one-step closed forms, set-ups, errors."""
+
+import numpy as np
+import pytest
+
+import keras_reg
+from keras_reg._compat import keras
+from keras_reg.training import virtual_adversarial
+from tests import models, vat_reference
+
+pytestmark = pytest.mark.backends("tensorflow")
+ops = keras.ops
+LR = 0.5
+
+
+@pytest.fixture
+def fixed_noise(monkeypatch):
+    """Replaces d ~ N(0, I) by vat_reference.fixed_direction, inside the graph."""
+
+    def normal(shape, *args, **kwargs):
+        n = ops.prod(ops.convert_to_tensor(shape))
+        flat = ops.cos(ops.cast(ops.arange(n), "float32") * 1.7 + 0.3)
+        return ops.reshape(flat, shape)
+
+    monkeypatch.setattr(keras.random, "normal", normal)
+
+
+def test_power_iteration_finds_top_hessian_eigenvector():
+    """On f(d) = d'Hd/2 the gradient is Hd: iterating must reach H's top eigenvector."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(6, 6))
+    H = a @ a.T
+    top = np.linalg.eigh(H)[1][:, -1]
+    d = ops.convert_to_tensor(rng.normal(size=(6,)).astype("float32"))
+    Hk = ops.convert_to_tensor(H.astype("float32"))
+    for _ in range(200):
+        d = ops.matmul(Hk, virtual_adversarial.normalize(d, "batch"))
+    direction = ops.convert_to_numpy(virtual_adversarial.normalize(d, "batch"))
+    assert abs(float(direction @ top)) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_power_iteration_of_vat_on_a_linear_model(fixed_noise):
+    """Many iterations and a small xi: r aligns with the Fisher's top eigenvector."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(1, 4)).astype("float32")
+    W = rng.normal(size=(4, 3)).astype("float32")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, "softmax")])
+    model.layers[0].set_weights([W, np.zeros(3, "float32")])
+    model.compile(optimizer=keras.optimizers.SGD(0.0), run_eagerly=True)
+    keras_reg.virtual_adversarial_training(model, epsilon=1.0, xi=1e-3, iters=30)
+    captured = {}
+    original = virtual_adversarial.normalize
+
+    def spy(d, norm):  # the last call normalises the final direction into r
+        captured["d"] = d
+        return original(d, norm)
+
+    virtual_adversarial.normalize = spy
+    try:
+        model.fit(x, epochs=1, verbose=0)
+    finally:
+        virtual_adversarial.normalize = original
+    p = vat_reference.probabilities([W, np.zeros(3)], x.astype(np.float64), "input")[0]
+    fisher = W @ (np.diag(p) - np.outer(p, p)) @ W.T
+    top = np.linalg.eigh(fisher)[1][:, -1]
+    r = ops.convert_to_numpy(captured["d"])[0]
+    cosine = abs(r @ top) / np.linalg.norm(r)
+    assert cosine == pytest.approx(1.0, abs=1e-3)
+
+
+def _dense_classifier():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, "softmax")])
+    return model
+
+
+@pytest.mark.parametrize(
+    "site, norm, iters",
+    [
+        ("input", "batch", 1),
+        ("input", "example", 2),
+        ("output", "batch", 1),
+        ("output", "example", 1),
+        ("matrix", "batch", 1),
+    ],
+)
+def test_one_step_matches_finite_differences(site, norm, iters, fixed_noise):
+    rng = np.random.default_rng(0)
+    epsilon, xi, weight = 0.8, 0.5, 1.5
+    if site == "input":
+        x = rng.normal(size=(5, 4)).astype("float32")
+        y = rng.integers(0, 3, size=5).astype("int32")
+        w = rng.uniform(0.5, 2, size=5).astype("float32")
+        W = rng.normal(size=(4, 3)).astype("float32")
+        b = rng.normal(size=3).astype("float32") * 0.1
+        params = [W, b]
+        model = _dense_classifier()
+        model.layers[0].set_weights(params)
+        options = {}
+    else:
+        E, W, b = models.initial_weights(rng)
+        x, y, w = models.batch(rng, size=5)
+        params = [E, W, b]
+        model = models.build("functional")
+        models.set_weights(model, E, W, b)
+        options = {"embedding_name": "emb", "perturb": site}
+    model.compile(
+        loss="sparse_categorical_crossentropy", optimizer=keras.optimizers.SGD(LR)
+    )
+    keras_reg.virtual_adversarial_training(
+        model,
+        epsilon=epsilon,
+        xi=xi,
+        iters=iters,
+        weight=weight,
+        norm=norm,
+        **options,
+    )
+    model.fit(x, y, sample_weight=w, batch_size=len(x), shuffle=False, verbose=0)
+
+    shape = {
+        "input": x.shape,
+        "output": (*x.shape, models.DIM),
+        "matrix": (models.VOCAB, models.DIM),
+    }[site]
+    d0 = vat_reference.fixed_direction(shape)
+    if site == "matrix":
+        used = np.zeros(models.VOCAB)
+        used[np.unique(x)] = 1
+        d0 = d0 * used[:, None]
+    expected = vat_reference.vat_sgd_step(
+        params, x, y, w, d0, site, LR, epsilon, xi, iters, weight, norm
+    )
+    got = (
+        [v.numpy() for v in model.layers[0].weights]
+        if site == "input"
+        else models.get_weights(model)
+    )
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
+
+
+def test_source_setup_unlabelled_only(fixed_noise):
+    """Compiled without a loss and fitted on x alone: the VAT loss is the loss."""
+    rng = np.random.default_rng(1)
+    E, W, b = models.initial_weights(rng)
+    x, _, _ = models.batch(rng, size=5)
+    model = models.build("functional")
+    models.set_weights(model, E, W, b)
+    model.compile(optimizer=keras.optimizers.SGD(LR))
+    keras_reg.virtual_adversarial_training(model, "emb", epsilon=0.8, xi=0.5)
+    model.fit(x, batch_size=len(x), shuffle=False, verbose=0)
+    d0 = vat_reference.fixed_direction((models.VOCAB, models.DIM))
+    used = np.zeros(models.VOCAB)
+    used[np.unique(x)] = 1
+    expected = vat_reference.vat_sgd_step(
+        [E, W, b],
+        x,
+        None,
+        None,
+        d0 * used[:, None],
+        "matrix",
+        LR,
+        0.8,
+        0.5,
+        1,
+        1.0,
+        "batch",
+        supervised=False,
+    )
+    for g, e in zip(models.get_weights(model), expected):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("perturb", ["output", "matrix"])
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+def test_unlabelled_arrays_and_dataset_train(perturb, jit_compile):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(2)
+    x, y, _ = models.batch(rng, size=16)
+    x_u = rng.integers(0, models.VOCAB, size=(40, models.LENGTH)).astype("int32")
+    dataset = tf.data.Dataset.from_tensor_slices(x_u).batch(8)
+    for unlabeled in (x_u, dataset):
+        model = models.build("functional", dropout=0.2)
+        model.compile(
+            loss="sparse_categorical_crossentropy",
+            optimizer="adam",
+            metrics=["accuracy"],
+            jit_compile=jit_compile,
+        )
+        options = dict(unlabeled=unlabeled, perturb=perturb)
+        if unlabeled is dataset and jit_compile:
+            with pytest.raises(ValueError, match="cannot be read inside an XLA"):
+                keras_reg.virtual_adversarial_training(model, "emb", **options)
+            continue
+        if unlabeled is x_u:
+            options["unlabeled_batch_size"] = 12
+        keras_reg.virtual_adversarial_training(model, "emb", **options)
+        history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+        assert np.all(np.isfinite(history.history["loss"]))
+        assert set(history.history) == {"loss", "accuracy"}
+
+
+def test_vat_never_writes_the_weights():
+    rng = np.random.default_rng(4)
+    x, y, _ = models.batch(rng, size=8)
+    model = models.build("functional")
+    model.compile(
+        loss="sparse_categorical_crossentropy", optimizer=keras.optimizers.SGD(0.0)
+    )
+    before = models.get_weights(model)
+    keras_reg.virtual_adversarial_training(model, "emb", epsilon=5.0)
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    for a, b in zip(models.get_weights(model), before):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"iters": 0}, "`iters` must be an integer >= 1, received iters=0"),
+        ({"xi": -1}, "`xi` must be a positive number"),
+        ({"perturb": "rows"}, "`perturb` must be one of 'matrix', 'output'"),
+        ({"norm": "example"}, "norm='example' is not defined for perturb='matrix'"),
+        ({"unlabeled": np.zeros((0, 5))}, "at least one example"),
+        ({"unlabeled": [np.zeros((3, 5)), np.zeros((4, 5))]}, r"lengths \[3, 4\]"),
+        ({"unlabeled_batch_size": 0}, "`unlabeled_batch_size` must be a positive"),
+        ({"weigth": 1.0}, "unknown option 'weigth'.*did you mean 'weight'"),
+    ],
+)
+def test_errors_name_the_value(options, message):
+    model = models.build("functional")
+    model.compile(loss="sparse_categorical_crossentropy", optimizer="sgd")
+    with pytest.raises(ValueError, match=message):
+        keras_reg.virtual_adversarial_training(model, "emb", **options)
+    assert keras_reg.installed_regularizer(model) is None
+
+
+def test_vat_config_round_trip():
+    vat = keras_reg.VAT(
+        "Embedding-Token", epsilon=2.0, perturb="output", norm="example", seed=3
+    )
+    clone = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(vat)
+    )
+    assert isinstance(clone, keras_reg.VAT)
+    assert clone.get_config() == vat.get_config()

@@ -1,0 +1,85 @@
+"""NumPy reference for one VAT step, with gradients by central differences (float64).
+
+Models (as in tests/models.py): a bag of embeddings, q = softmax(mean(E[x]) W + b),
+perturbed at the embedding output ("output") or matrix ("matrix"); and a dense
+softmax classifier q = softmax(x W + b), perturbed at its input ("input").
+"""
+
+import numpy as np
+
+
+def _softmax(z):
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def probabilities(params, x, site, delta=None):
+    if site == "input":
+        W, b = params
+        return _softmax((x if delta is None else x + delta) @ W + b)
+    E, W, b = params
+    if site == "matrix" and delta is not None:
+        E = E + delta
+    e = E[x]
+    if site == "output" and delta is not None:
+        e = e + delta
+    return _softmax(e.mean(axis=1) @ W + b)
+
+
+def kl(p, q):
+    return np.mean(np.sum(p * (np.log(p) - np.log(q)), axis=-1))
+
+
+def cross_entropy(q, y, w):
+    return np.sum(w * -np.log(q[np.arange(len(y)), y])) / len(y)
+
+
+def numerical_gradient(function, array, step=1e-6):
+    grad = np.zeros_like(array)
+    for index in np.ndindex(array.shape):
+        saved = array[index]
+        array[index] = saved + step
+        up = function()
+        array[index] = saved - step
+        down = function()
+        array[index] = saved
+        grad[index] = (up - down) / (2 * step)
+    return grad
+
+
+def normalize(d, norm):
+    if norm == "batch":
+        return d / np.linalg.norm(d)
+    axes = tuple(range(1, d.ndim))
+    return d / np.sqrt(np.sum(d**2, axis=axes, keepdims=True))
+
+
+def vat_sgd_step(
+    params, x, y, w, d0, site, lr, epsilon, xi, iters, weight, norm, supervised=True
+):
+    """Returns the parameters after one SGD step on supervised + weight * VAT."""
+    params = [np.asarray(p, np.float64).copy() for p in params]
+    p = probabilities(params, x, site)
+    d = np.asarray(d0, np.float64).copy()
+    for _ in range(iters):
+        probe = xi * normalize(d, norm)
+        d = numerical_gradient(
+            lambda probe=probe: kl(p, probabilities(params, x, site, probe)), probe
+        )
+    r = epsilon * normalize(d, norm)
+
+    def total():
+        loss = weight * kl(p, probabilities(params, x, site, r))
+        if supervised:
+            loss += cross_entropy(probabilities(params, x, site), y, w)
+        return loss
+
+    grads = [numerical_gradient(total, q) for q in params]
+    return [q - lr * g for q, g in zip(params, grads)]
+
+
+def fixed_direction(shape):
+    """The deterministic stand-in for d ~ N(0, I) used by the tests."""
+    n = int(np.prod(shape))
+    return np.cos(np.arange(n) * 1.7 + 0.3).reshape(shape)
