@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_reg  # noqa: E402
-from benchmarks import bert_shaped  # noqa: E402
+from benchmarks import bert_shaped, timing  # noqa: E402
 from keras_reg._compat import keras  # noqa: E402
 
 EPSILON = 1.0
@@ -86,17 +86,7 @@ def time_steps(jit_compile, steps, rounds):
         "keras_reg_fgm": fgm.train_on_batch,
         "source_reference_fgm": source.train_on_batch,
     }
-    for run in variants.values():  # trace / compile
-        run(x, y)
-        run(x, y)
-    times = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, run in variants.items():
-            start = time.perf_counter()
-            for _ in range(steps):
-                run(x, y)
-            times[name].append((time.perf_counter() - start) / steps)
-    medians = {name: float(np.median(t)) for name, t in times.items()}
+    medians = timing.interleaved_medians(variants, x, y, steps, rounds)
     return {
         "mode": "xla" if jit_compile else "graph",
         "plain_ms": 1e3 * medians["plain"],

@@ -6,6 +6,7 @@ import pytest
 import keras_reg
 from keras_reg._compat import keras
 from keras_reg.training import virtual_adversarial
+from tests import fixed_noise as fixed_noise_module
 from tests import models, vat_reference
 
 pytestmark = pytest.mark.backends("tensorflow")
@@ -15,14 +16,7 @@ LR = 0.5
 
 @pytest.fixture
 def fixed_noise(monkeypatch):
-    """Replaces d ~ N(0, I) by vat_reference.fixed_direction, inside the graph."""
-
-    def normal(shape, *args, **kwargs):
-        n = ops.prod(ops.convert_to_tensor(shape))
-        flat = ops.cos(ops.cast(ops.arange(n), "float32") * 1.7 + 0.3)
-        return ops.reshape(flat, shape)
-
-    monkeypatch.setattr(keras.random, "normal", normal)
+    fixed_noise_module.install(monkeypatch)
 
 
 def test_power_iteration_finds_top_hessian_eigenvector():

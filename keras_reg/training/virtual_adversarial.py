@@ -212,10 +212,19 @@ class _OutputSite:
 
     def predict(self, x, delta):
         def transform(output, ids):
+            if len(output.shape) != len(ids.shape) + 1:
+                return output  # not a lookup: bert4keras's Embedding as output head
             self.ids = ids
-            return output if delta is None else output + ops.cast(delta, output.dtype)
+            if delta is None:
+                return output
+            return output + ops.cast(self.lookup(delta, ids), output.dtype)
 
         return self.step.forward(x, layer=self.layer, transform=transform)
+
+    def lookup(self, delta, ids):
+        """Returns the perturbation of the layer output for ``ids``."""
+        del ids
+        return delta
 
 
 class _MatrixSite(_OutputSite):
@@ -232,15 +241,8 @@ class _MatrixSite(_OutputSite):
         )
         return d * ops.cast(used > 0, d.dtype)[:, None]
 
-    def predict(self, x, delta):
-        def transform(output, ids):
-            self.ids = ids
-            if delta is None:
-                return output
-            rows = ops.take(delta, ops.cast(ids, "int32"), axis=0)
-            return output + ops.cast(rows, output.dtype)
-
-        return self.step.forward(x, layer=self.layer, transform=transform)
+    def lookup(self, delta, ids):
+        return ops.take(delta, ops.cast(ids, "int32"), axis=0)
 
 
 @check_options

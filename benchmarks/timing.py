@@ -1,0 +1,25 @@
+"""Side-by-side step timing: variants interleaved in rounds, medians compared."""
+
+import time
+
+import numpy as np
+
+
+def interleaved_medians(variants, x, y, steps, rounds):
+    """Returns {name: median seconds per step} of ``train_on_batch``-like callables.
+
+    Each variant runs twice first (tracing, compilation); then every round runs
+    ``steps`` steps of each variant in turn, so drifts of the machine hit all
+    variants alike.
+    """
+    for run in variants.values():
+        run(x, y)
+        run(x, y)
+    times = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, run in variants.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                run(x, y)
+            times[name].append((time.perf_counter() - start) / steps)
+    return {name: float(np.median(t)) for name, t in times.items()}

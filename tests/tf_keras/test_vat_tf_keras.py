@@ -1,0 +1,96 @@
+"""VAT on tf_keras models and a bert4keras BERT (own process: TF_KERAS=1)."""
+
+import os
+
+import numpy as np
+import pytest
+
+if os.environ.get("TF_KERAS") != "1":
+    pytest.skip("tf_keras tests run in their own process", allow_module_level=True)
+
+import bert4keras.models  # noqa: E402
+import tf_keras  # noqa: E402
+
+import keras_reg  # noqa: E402
+from tests import fixed_noise, vat_reference  # noqa: E402
+from tests.models import CLASSES, DIM, LENGTH, VOCAB  # noqa: E402
+
+LR = 0.5
+
+
+@pytest.mark.parametrize("site", ["output", "matrix"])
+def test_one_step_matches_finite_differences(site, monkeypatch):
+    fixed_noise.install(monkeypatch)
+    rng = np.random.default_rng(0)
+    E = rng.normal(size=(VOCAB, DIM)).astype("float32")
+    W = rng.normal(size=(DIM, CLASSES)).astype("float32")
+    b = rng.normal(size=(CLASSES,)).astype("float32") * 0.1
+    x = rng.integers(0, VOCAB - 2, size=(5, LENGTH)).astype("int32")
+    y = rng.integers(0, CLASSES, size=(5,)).astype("int32")
+    w = rng.uniform(0.5, 2.0, size=(5,)).astype("float32")
+    model = tf_keras.Sequential(
+        [
+            tf_keras.Input((LENGTH,), dtype="int32"),
+            tf_keras.layers.Embedding(VOCAB, DIM, name="emb"),
+            tf_keras.layers.GlobalAveragePooling1D(),
+            tf_keras.layers.Dense(CLASSES, activation="softmax"),
+        ]
+    )
+    model.compile(
+        loss="sparse_categorical_crossentropy", optimizer=tf_keras.optimizers.SGD(LR)
+    )
+    model.set_weights([E, W, b])
+    keras_reg.virtual_adversarial_training(
+        model, "emb", epsilon=0.8, xi=0.5, perturb=site, weight=1.5
+    )
+    model.fit(x, y, sample_weight=w, batch_size=5, shuffle=False, verbose=0)
+    shape = (*x.shape, DIM) if site == "output" else (VOCAB, DIM)
+    d0 = vat_reference.fixed_direction(shape)
+    if site == "matrix":
+        used = np.zeros(VOCAB)
+        used[np.unique(x)] = 1
+        d0 = d0 * used[:, None]
+    expected = vat_reference.vat_sgd_step(
+        [E, W, b], x, y, w, d0, site, LR, 0.8, 0.5, 1, 1.5, "batch"
+    )
+    for got, want in zip(model.get_weights(), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("perturb", ["output", "matrix"])
+def test_bert4keras_vat_trains_on_unlabelled_inputs(perturb):
+    bert = bert4keras.models.build_transformer_model(
+        config_path=None,
+        vocab_size=40,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        hidden_act="gelu",
+        max_position=16,
+        type_vocab_size=2,
+    )
+    cls = tf_keras.layers.Lambda(lambda h: h[:, 0])(bert.output)
+    model = tf_keras.Model(bert.inputs, tf_keras.layers.Dense(2, "softmax")(cls))
+    model.compile(
+        loss="sparse_categorical_crossentropy", optimizer="adam", metrics=["accuracy"]
+    )
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, 40, size=(8, 10)).astype("int32")
+    labels = rng.integers(0, 2, size=(8,)).astype("int32")
+    unlabeled = rng.integers(1, 40, size=(30, 10)).astype("int32")
+    keras_reg.virtual_adversarial_training(
+        model,
+        "Embedding-Token",
+        epsilon=1.0,
+        xi=10.0,
+        perturb=perturb,
+        unlabeled=[unlabeled, np.zeros_like(unlabeled)],
+    )
+    before = [w.copy() for w in model.get_weights()]
+    history = model.fit(
+        [tokens, np.zeros_like(tokens)], labels, batch_size=4, epochs=2, verbose=0
+    )
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert set(history.history) == {"loss", "accuracy"}
+    assert any(not np.array_equal(a, b) for a, b in zip(model.get_weights(), before))
