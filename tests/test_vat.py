@@ -111,16 +111,7 @@ def test_one_step_matches_finite_differences(site, norm, iters, fixed_noise):
     )
     model.fit(x, y, sample_weight=w, batch_size=len(x), shuffle=False, verbose=0)
 
-    shape = {
-        "input": x.shape,
-        "output": (*x.shape, models.DIM),
-        "matrix": (models.VOCAB, models.DIM),
-    }[site]
-    d0 = vat_reference.fixed_direction(shape)
-    if site == "matrix":
-        used = np.zeros(models.VOCAB)
-        used[np.unique(x)] = 1
-        d0 = d0 * used[:, None]
+    d0 = vat_reference.initial_direction(site, x, models.VOCAB, models.DIM)
     expected = vat_reference.vat_sgd_step(
         params, x, y, w, d0, site, LR, epsilon, xi, iters, weight, norm
     )
@@ -143,15 +134,13 @@ def test_source_setup_unlabelled_only(fixed_noise):
     model.compile(optimizer=keras.optimizers.SGD(LR))
     keras_reg.virtual_adversarial_training(model, "emb", epsilon=0.8, xi=0.5)
     model.fit(x, batch_size=len(x), shuffle=False, verbose=0)
-    d0 = vat_reference.fixed_direction((models.VOCAB, models.DIM))
-    used = np.zeros(models.VOCAB)
-    used[np.unique(x)] = 1
+    d0 = vat_reference.initial_direction("matrix", x, models.VOCAB, models.DIM)
     expected = vat_reference.vat_sgd_step(
         [E, W, b],
         x,
         None,
         None,
-        d0 * used[:, None],
+        d0,
         "matrix",
         LR,
         0.8,

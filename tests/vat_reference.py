@@ -83,3 +83,21 @@ def fixed_direction(shape):
     """The deterministic stand-in for d ~ N(0, I) used by the tests."""
     n = int(np.prod(shape))
     return np.cos(np.arange(n) * 1.7 + 0.3).reshape(shape)
+
+
+def initial_direction(site, x, vocab, dim):
+    """The d0 keras_reg starts from under the fixed noise, as an array for `site`.
+
+    For ``"matrix"`` keras_reg draws one row per token occurrence and uses slot k
+    for the k-th smallest distinct id; the reference places it at that row of a
+    ``vocab x dim`` matrix (the other rows are zero).
+    """
+    if site == "input":
+        return fixed_direction(x.shape)
+    if site == "output":
+        return fixed_direction((*x.shape, dim))
+    slots = fixed_direction((x.size, dim))
+    d0 = np.zeros((vocab, dim))
+    for slot, token in enumerate(np.unique(x)):
+        d0[token] = slots[slot]
+    return d0

@@ -228,21 +228,38 @@ class _OutputSite:
 
 
 class _MatrixSite(_OutputSite):
-    """Perturbs the rows of the embedding matrix used by the unlabelled batch."""
+    """Perturbs the rows of the embedding matrix used by the unlabelled batch.
+
+    Without a ``vocabulary x dim`` tensor: the N token occurrences of the batch
+    are grouped by id (sort + cumsum, static shapes, so XLA compiles it), and the
+    perturbation holds one row per distinct id in slots ``0 .. distinct - 1`` of
+    an ``N x dim`` tensor (the other slots stay zero). Slot k is the k-th
+    smallest id of the batch.
+    """
 
     def shape(self, x):
-        return tuple(embedding_matrix(self.layer).shape)
+        return (ops.size(self.ids), embedding_matrix(self.layer).shape[1])
 
     def restrict(self, d):
-        used = ops.scatter(
-            ops.reshape(ops.cast(self.ids, "int32"), (-1, 1)),
-            ops.ones((ops.size(self.ids),), d.dtype),
-            (d.shape[0],),
-        )
-        return d * ops.cast(used > 0, d.dtype)[:, None]
+        _, distinct = _group_by_id(self.ids)
+        used = ops.arange(ops.shape(d)[0]) < distinct
+        return d * ops.cast(used, d.dtype)[:, None]
 
     def lookup(self, delta, ids):
-        return ops.take(delta, ops.cast(ids, "int32"), axis=0)
+        slot, _ = _group_by_id(ids)
+        rows = ops.take(delta, slot, axis=0)
+        return ops.reshape(rows, (*ops.shape(ids), ops.shape(delta)[-1]))
+
+
+def _group_by_id(ids):
+    """Returns (slot of each occurrence, number of distinct ids), slots by id order."""
+    flat = ops.reshape(ops.cast(ids, "int32"), (-1,))
+    order = ops.argsort(flat)
+    ordered = ops.take(flat, order)
+    starts = ops.cast(ordered[1:] != ordered[:-1], "int32")
+    slots_in_order = ops.cumsum(ops.concatenate([ops.zeros((1,), "int32"), starts]))
+    slot = ops.take(slots_in_order, ops.argsort(order))
+    return slot, slots_in_order[-1] + 1
 
 
 @check_options

@@ -44,12 +44,7 @@ def test_one_step_matches_finite_differences(site, monkeypatch):
         model, "emb", epsilon=0.8, xi=0.5, perturb=site, weight=1.5
     )
     model.fit(x, y, sample_weight=w, batch_size=5, shuffle=False, verbose=0)
-    shape = (*x.shape, DIM) if site == "output" else (VOCAB, DIM)
-    d0 = vat_reference.fixed_direction(shape)
-    if site == "matrix":
-        used = np.zeros(VOCAB)
-        used[np.unique(x)] = 1
-        d0 = d0 * used[:, None]
+    d0 = vat_reference.initial_direction(site, x, VOCAB, DIM)
     expected = vat_reference.vat_sgd_step(
         [E, W, b], x, y, w, d0, site, LR, 0.8, 0.5, 1, 1.5, "batch"
     )
