@@ -12,13 +12,14 @@ import pytest
 if os.environ.get("TF_KERAS") != "1":
     pytest.skip("tf_keras tests run in their own process", allow_module_level=True)
 
-import bert4keras.models  # noqa: E402
+import bert4keras.models  # noqa: E402, F401
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 
 import keras_reg  # noqa: E402
 from tests import fgm_reference  # noqa: E402
 from tests.models import CLASSES, DIM, LENGTH, VOCAB  # noqa: E402
+from tests.tf_keras import tiny_bert  # noqa: E402
 
 LR, EPSILON = 0.5, 0.7
 
@@ -98,26 +99,7 @@ def test_remove_and_callback_scope():
 
 
 def _tiny_bert():
-    bert = bert4keras.models.build_transformer_model(
-        config_path=None,
-        vocab_size=40,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        hidden_act="gelu",
-        max_position=16,
-        type_vocab_size=2,
-    )
-    cls = tf_keras.layers.Lambda(lambda h: h[:, 0], name="CLS-token")(bert.output)
-    out = tf_keras.layers.Dense(2, activation="softmax", name="classifier")(cls)
-    model = tf_keras.Model(bert.inputs, out)
-    model.compile(
-        loss="sparse_categorical_crossentropy",
-        optimizer=tf_keras.optimizers.SGD(LR),
-        metrics=["accuracy"],
-    )
-    return model
+    return tiny_bert.classifier(tf_keras.optimizers.SGD(LR), metrics=["accuracy"])
 
 
 def _bert_batch():
@@ -168,10 +150,7 @@ def test_bert4keras_step_matches_reference():
 
 
 def test_bert4keras_embedding_restored_bit_for_bit():
-    model = _tiny_bert()
-    model.compile(
-        loss="sparse_categorical_crossentropy", optimizer=tf_keras.optimizers.SGD(0.0)
-    )
+    model = tiny_bert.classifier(tf_keras.optimizers.SGD(0.0))
     x, y = _bert_batch()
     matrix = model.get_layer("Embedding-Token").embeddings
     before = matrix.numpy()

@@ -8,12 +8,13 @@ import pytest
 if os.environ.get("TF_KERAS") != "1":
     pytest.skip("tf_keras tests run in their own process", allow_module_level=True)
 
-import bert4keras.models  # noqa: E402
+import bert4keras.models  # noqa: E402, F401
 import tf_keras  # noqa: E402
 
 import keras_reg  # noqa: E402
 from tests import fixed_noise, vat_reference  # noqa: E402
 from tests.models import CLASSES, DIM, LENGTH, VOCAB  # noqa: E402
+from tests.tf_keras import tiny_bert  # noqa: E402
 
 LR = 0.5
 
@@ -54,22 +55,7 @@ def test_one_step_matches_finite_differences(site, monkeypatch):
 
 @pytest.mark.parametrize("perturb", ["output", "matrix"])
 def test_bert4keras_vat_trains_on_unlabelled_inputs(perturb):
-    bert = bert4keras.models.build_transformer_model(
-        config_path=None,
-        vocab_size=40,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        hidden_act="gelu",
-        max_position=16,
-        type_vocab_size=2,
-    )
-    cls = tf_keras.layers.Lambda(lambda h: h[:, 0])(bert.output)
-    model = tf_keras.Model(bert.inputs, tf_keras.layers.Dense(2, "softmax")(cls))
-    model.compile(
-        loss="sparse_categorical_crossentropy", optimizer="adam", metrics=["accuracy"]
-    )
+    model = tiny_bert.classifier("adam", metrics=["accuracy"])
     rng = np.random.default_rng(0)
     tokens = rng.integers(1, 40, size=(8, 10)).astype("int32")
     labels = rng.integers(0, 2, size=(8,)).astype("int32")
