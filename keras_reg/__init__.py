@@ -7,7 +7,7 @@ Example:
     >>> model.fit(x, y)
 """
 
-from keras_reg import callbacks
+from keras_reg import callbacks, losses, metrics
 from keras_reg.training import (
     FGM,
     VAT,
@@ -29,6 +29,8 @@ __all__ = [
     "callbacks",
     "install_regularizer",
     "installed_regularizer",
+    "losses",
+    "metrics",
     "remove_regularization",
     "virtual_adversarial_training",
 ]

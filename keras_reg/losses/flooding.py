@@ -1,0 +1,167 @@
+"""Flooding: keep the training loss floating around a level instead of zero."""
+
+import math
+import numbers
+
+from keras_reg._compat import keras
+
+ops = keras.ops
+
+
+class _FunctionLoss(keras.losses.Loss):
+    """Averages a per-example loss function over the batch (not serialised)."""
+
+    def __init__(self, fn):
+        super().__init__(name=getattr(fn, "__name__", None))
+        self.fn = fn
+
+    def call(self, y_true, y_pred):
+        # As Keras does for loss functions: (batch,) labels vs (batch, 1)
+        # predictions must not broadcast to (batch, batch).
+        y_true = ops.convert_to_tensor(y_true)
+        y_pred = ops.convert_to_tensor(y_pred)
+        if len(y_true.shape) == len(y_pred.shape) + 1 and y_true.shape[-1] == 1:
+            y_true = ops.squeeze(y_true, axis=-1)
+        elif len(y_pred.shape) == len(y_true.shape) + 1 and y_pred.shape[-1] == 1:
+            y_pred = ops.squeeze(y_pred, axis=-1)
+        return self.fn(y_true, y_pred)
+
+
+def _as_loss(loss):
+    """Resolves ``loss`` to a reducing `keras.losses.Loss` instance."""
+    resolved = loss
+    if isinstance(loss, (str, dict)):
+        try:
+            resolved = keras.losses.get(loss)
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                "Flooding could not resolve `loss` with keras.losses.get. "
+                f"Received: loss={loss!r}. Pass a Keras loss identifier such as "
+                '"mse", a `keras.losses.Loss` instance or a callable '
+                "`fn(y_true, y_pred)`."
+            ) from error
+    if isinstance(resolved, keras.losses.Loss):
+        if resolved.reduction in (None, "none"):
+            raise ValueError(
+                "Flooding needs the batch loss, but the wrapped loss does not "
+                f"reduce: Received: loss={loss!r} with "
+                f"reduction={resolved.reduction!r}. Create the loss with "
+                'reduction="sum_over_batch_size" (the default).'
+            )
+        return resolved
+    if callable(resolved):
+        return _FunctionLoss(resolved)
+    raise ValueError(
+        'Flooding expects `loss` to be a Keras loss identifier (e.g. "mse"), a '
+        "`keras.losses.Loss` instance or a callable `fn(y_true, y_pred)`. "
+        f"Received: loss={loss!r} of type {type(loss).__name__}."
+    )
+
+
+def _check_level(level):
+    if (
+        isinstance(level, bool)
+        or not isinstance(level, numbers.Real)
+        or not math.isfinite(level)
+        or level < 0
+    ):
+        raise ValueError(
+            "`level` (the flood level b) must be a finite number >= 0, in the "
+            f"units of the wrapped loss. Received: level={level!r}. A level "
+            "slightly below the training loss you expect to reach is typical; "
+            "0 disables flooding."
+        )
+    return float(level)
+
+
+@keras.saving.register_keras_serializable(package="keras_reg")
+class Flooding(keras.losses.Loss):
+    """Wraps a loss so that its batch value floats around a flood level ``b``.
+
+    The wrapped loss ``L`` (reduced over the batch) becomes
+
+        |L - b| + b
+
+    Above the level this is ``L`` (ordinary descent); below it, ``2b - L``,
+    whose gradient is the negated gradient of ``L`` (ascent). Training then
+    hovers around ``L = b`` instead of driving the training loss to zero, which
+    Ishida et al. found can give a second descent of the test loss.
+
+    Why the batch mean and not each example: flooding is defined on the
+    mini-batch objective. Applied per example, ``mean_i(|l_i - b| + b)`` is a
+    different objective: examples already below ``b`` are pushed up while the
+    others are pushed down even when the batch loss is far above ``b``, so it
+    never reduces to the original loss, and its gradient ascent does not switch
+    off when ``mean_i l_i > b``. The wrapped loss must therefore reduce (any
+    reduction except ``None``/``"none"``), and ``b`` is in the units of that
+    reduced value (per-example average for the default
+    ``"sum_over_batch_size"``). Sample weights and Keras masks are applied by
+    the wrapped loss before flooding.
+
+    Under ``tf.distribute`` Keras scales each replica's loss by
+    ``1 / num_replicas``, so divide ``level`` by the number of replicas (and note
+    that each replica then floods its own shard of the batch).
+
+    Example:
+    ```python
+    model.compile(
+        optimizer="adam",
+        loss=keras_reg.losses.Flooding("sparse_categorical_crossentropy", 0.05),
+    )
+    ```
+
+    References:
+        T. Ishida, I. Yamane, T. Sakai, G. Niu, M. Sugiyama, "Do We Need Zero
+        Training Loss After Achieving Zero Training Error?", ICML 2020,
+        arXiv:2002.08709; Su Jianlin, "我们真的需要把训练集的损失降低到零吗?" (Do we
+        really need to drive the training loss to zero?),
+        https://kexue.fm/archives/7643 .
+
+    Args:
+        loss: The loss to flood: an identifier for `keras.losses.get` (e.g.
+            ``"mse"``), a `keras.losses.Loss` instance that reduces, or a
+            callable ``fn(y_true, y_pred)`` returning per-example losses (it is
+            averaged over the batch).
+        level: The flood level ``b >= 0``.
+        name: Name of the loss instance.
+        dtype: Dtype of the flooding arithmetic; defaults to
+            ``keras.backend.floatx()``.
+    """
+
+    def __init__(self, loss, level, name="flooding", dtype=None):
+        self.level = _check_level(level)
+        self.loss = loss
+        self._inner = _as_loss(loss)
+        self._dtype_argument = dtype
+        super().__init__(name=name, reduction=self._inner.reduction, dtype=dtype)
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        """Returns ``|L - b| + b`` for the wrapped batch loss ``L``."""
+        value = self._inner(y_true, y_pred, sample_weight=sample_weight)
+        value = ops.cast(value, self.dtype)
+        level = ops.cast(self.level, self.dtype)
+        return ops.abs(value - level) + level
+
+    def call(self, y_true, y_pred):
+        """Returns the flooded batch loss without sample weights."""
+        return self(y_true, y_pred)
+
+    def get_config(self):
+        """Returns the wrapped loss (serialised), the level and the name."""
+        return {
+            "loss": keras.saving.serialize_keras_object(self.loss),
+            "level": self.level,
+            "name": self.name,
+            "dtype": keras.saving.serialize_keras_object(self._dtype_argument),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        """Creates a `Flooding` from `get_config` output."""
+        config = dict(config)
+        loss = config.pop("loss")
+        if isinstance(loss, dict):
+            loss = keras.saving.deserialize_keras_object(loss)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.saving.deserialize_keras_object(config["dtype"])
+        return cls(loss=loss, **config)
