@@ -27,12 +27,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         marker = item.get_closest_marker("backends")
         if marker is not None and active not in marker.args:
-            item.add_marker(pytest.mark.skip(reason=f"not supported on {active} (yet)"))
+            reason = marker.kwargs.get("reason", f"not supported on {active}")
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "backends(*names): run only on these Keras 3 backends"
+        "markers",
+        "backends(*names, reason=None): run only on these Keras 3 backends",
     )
 
 

@@ -9,7 +9,11 @@ import keras_reg
 from keras_reg._compat import keras
 from tests import fgm_reference, models
 
-pytestmark = pytest.mark.backends("tensorflow")
+pytestmark = pytest.mark.backends("tensorflow", "jax", "torch")
+# jit_compile=True: XLA on TensorFlow and JAX; torch.compile is not supported.
+JIT_BACKENDS = pytest.mark.backends(
+    "tensorflow", "jax", reason="jit_compile=True means torch.compile on torch"
+)
 
 STYLES = ["sequential", "functional", "subclassed"]
 LR, EPSILON = 0.5, 0.7
@@ -59,10 +63,11 @@ def test_one_step_matches_numpy(style, rng):
     [
         {"add_clean_loss": True},
         {"l2": 0.05},  # the regulariser's gradient makes dL/dE dense
-        {"jit_compile": True},  # XLA: the dense path
+        pytest.param({"jit_compile": True}, marks=JIT_BACKENDS),  # TF: dense path
+        {"jit_compile": False},
         {"run_eagerly": True},
     ],
-    ids=lambda o: next(iter(o)),
+    ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()),
 )
 def test_variants_match_numpy(options, rng):
     l2 = options.get("l2", 0.0)
@@ -96,16 +101,37 @@ def test_three_steps_match_numpy(rng):
     _assert_weights(model, (E, W, b))
 
 
+class _EmbeddingProbe(keras.callbacks.Callback):
+    """Copies the embedding matrix after every batch.
+
+    Reads through ``self.model``, which syncs JAX's training state into the
+    variables first.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen.append(models.get_weights(self.model)[0])
+
+
 @pytest.mark.parametrize(
     "jit_compile, l2",
-    [(False, 0.0), (True, 0.0), (False, 1e-3), (True, 1e-3)],
+    [
+        (False, 0.0),
+        pytest.param(True, 0.0, marks=JIT_BACKENDS),
+        (False, 1e-3),
+        pytest.param(True, 1e-3, marks=JIT_BACKENDS),
+    ],
     ids=["graph-lookup", "xla-lookup", "graph-in-place", "xla-in-place"],
 )
 def test_embedding_is_restored_bit_for_bit(jit_compile, l2, rng):
     """With a learning rate of 0, no step may change the embedding, not by an ulp.
 
-    An embeddings regulariser makes FGM perturb the variable in place (its
-    value enters the loss), the path where a restore by subtraction would drift.
+    An embeddings regulariser makes FGM perturb the variable in place on
+    TensorFlow (its value enters the loss), the path where a restore by
+    subtraction would drift; on JAX and PyTorch it substitutes ``E + delta``.
     """
     E, W, b = models.initial_weights(rng)
     E = (E * 0.02).astype("float32")  # BERT-like scale: w + d - d != w here
@@ -113,13 +139,10 @@ def test_embedding_is_restored_bit_for_bit(jit_compile, l2, rng):
     model = _compiled("functional", lr=0.0, l2=l2, jit_compile=jit_compile)
     models.set_weights(model, E, W, b)
     keras_reg.adversarial_training(model, "emb", epsilon=3.0)
-    seen = []
-    probe = keras.callbacks.LambdaCallback(
-        on_train_batch_end=lambda *_, **__: seen.append(models.get_weights(model)[0])
-    )
+    probe = _EmbeddingProbe()
     _fit_one_batch(model, x, y, w, epochs=5, callbacks=[probe])
-    assert len(seen) == 5
-    for matrix in seen:
+    assert len(probe.seen) == 5
+    for matrix in probe.seen:
         np.testing.assert_array_equal(matrix, E)
     # The subtraction restore really would have drifted for such values:
     delta = rng.normal(size=E.shape).astype("float32") * 0.3
@@ -137,6 +160,44 @@ def test_frozen_embedding_is_perturbed_but_never_changed(rng):
     _fit_one_batch(model, x, y, w, epochs=3)
     np.testing.assert_array_equal(models.get_weights(model)[0], E)
     assert not np.allclose(models.get_weights(model)[1], W)
+
+
+@pytest.mark.backends("torch", reason="PyTorch's .grad")
+@pytest.mark.parametrize("add_clean", [False, True], ids=["adversarial", "add-clean"])
+def test_torch_grad_holds_only_the_gradient_of_the_optimized_loss(add_clean, rng):
+    """The clean-loss gradient FGM takes for its direction never reaches .grad."""
+    E, W, b = models.initial_weights(rng)
+    x, y, w = models.batch(rng)
+    model = _compiled("functional")
+    models.set_weights(model, E, W, b)
+    keras_reg.adversarial_training(
+        model, "emb", epsilon=EPSILON, add_clean_loss=add_clean
+    )
+    _fit_one_batch(model, x, y, w)
+    _, g, _, _ = fgm_reference.loss_and_gradients(E, W, b, x, y, w)
+    delta = EPSILON * g / np.linalg.norm(g)
+    expected = fgm_reference.loss_and_gradients(E + delta, W, b, x, y, w)[1:]
+    if add_clean:
+        clean = fgm_reference.loss_and_gradients(E, W, b, x, y, w)[1:]
+        expected = [a + c for a, c in zip(expected, clean)]
+    emb, out = model.get_layer("emb"), model.get_layer("out")
+    grads = [v.value.grad for v in (emb.embeddings, out.kernel, out.bias)]
+    for got, want in zip(grads, expected):
+        np.testing.assert_allclose(got.numpy(), want, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.backends("torch", reason="PyTorch's requires_grad")
+def test_torch_frozen_embedding_stays_frozen(rng):
+    E, W, b = models.initial_weights(rng)
+    x, y, w = models.batch(rng)
+    model = models.build("functional")
+    model.get_layer("emb").trainable = False
+    model.compile(loss="sparse_categorical_crossentropy", optimizer="sgd")
+    keras_reg.adversarial_training(model, "emb", epsilon=EPSILON)
+    _fit_one_batch(model, x, y, w)
+    tensor = model.get_layer("emb").embeddings.value
+    assert not tensor.requires_grad
+    assert tensor.grad is None
 
 
 def test_remove_restores_the_plain_step(rng):

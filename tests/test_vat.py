@@ -9,7 +9,7 @@ from keras_reg.training import virtual_adversarial
 from tests import fixed_noise as fixed_noise_module
 from tests import models, vat_reference
 
-pytestmark = pytest.mark.backends("tensorflow")
+pytestmark = pytest.mark.backends("tensorflow", "jax", "torch")
 ops = keras.ops
 LR = 0.5
 
@@ -154,34 +154,105 @@ def test_source_setup_unlabelled_only(fixed_noise):
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
 
 
+def _jit_options():
+    """``jit_compile`` values to test: torch.compile is not supported."""
+    if keras.backend.backend() == "torch":
+        return [False]
+    return [False, True]
+
+
+@pytest.mark.parametrize("perturb", ["output", "matrix"])
+@pytest.mark.parametrize(
+    "jit_compile", _jit_options(), ids=lambda j: "xla" if j else "graph"
+)
+def test_unlabelled_arrays_train(perturb, jit_compile):
+    rng = np.random.default_rng(2)
+    x, y, _ = models.batch(rng, size=16)
+    x_u = rng.integers(0, models.VOCAB, size=(40, models.LENGTH)).astype("int32")
+    model = models.build("functional", dropout=0.2)
+    model.compile(
+        loss="sparse_categorical_crossentropy",
+        optimizer="adam",
+        metrics=["accuracy"],
+        jit_compile=jit_compile,
+    )
+    keras_reg.virtual_adversarial_training(
+        model, "emb", unlabeled=x_u, unlabeled_batch_size=12, perturb=perturb
+    )
+    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert set(history.history) == {"loss", "accuracy"}
+
+
+@pytest.mark.backends("tensorflow", reason="tf.data datasets are TensorFlow-only")
 @pytest.mark.parametrize("perturb", ["output", "matrix"])
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
-def test_unlabelled_arrays_and_dataset_train(perturb, jit_compile):
+def test_unlabelled_dataset_trains_on_tensorflow(perturb, jit_compile):
     import tensorflow as tf
 
     rng = np.random.default_rng(2)
     x, y, _ = models.batch(rng, size=16)
     x_u = rng.integers(0, models.VOCAB, size=(40, models.LENGTH)).astype("int32")
     dataset = tf.data.Dataset.from_tensor_slices(x_u).batch(8)
-    for unlabeled in (x_u, dataset):
-        model = models.build("functional", dropout=0.2)
-        model.compile(
-            loss="sparse_categorical_crossentropy",
-            optimizer="adam",
-            metrics=["accuracy"],
-            jit_compile=jit_compile,
-        )
-        options = dict(unlabeled=unlabeled, perturb=perturb)
-        if unlabeled is dataset and jit_compile:
-            with pytest.raises(ValueError, match="cannot be read inside an XLA"):
-                keras_reg.virtual_adversarial_training(model, "emb", **options)
-            continue
-        if unlabeled is x_u:
-            options["unlabeled_batch_size"] = 12
-        keras_reg.virtual_adversarial_training(model, "emb", **options)
-        history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
-        assert np.all(np.isfinite(history.history["loss"]))
-        assert set(history.history) == {"loss", "accuracy"}
+    model = models.build("functional", dropout=0.2)
+    model.compile(
+        loss="sparse_categorical_crossentropy",
+        optimizer="adam",
+        metrics=["accuracy"],
+        jit_compile=jit_compile,
+    )
+    if jit_compile:
+        with pytest.raises(ValueError, match="cannot be read inside an XLA"):
+            keras_reg.virtual_adversarial_training(
+                model, "emb", unlabeled=dataset, perturb=perturb
+            )
+        return
+    keras_reg.virtual_adversarial_training(
+        model, "emb", unlabeled=dataset, perturb=perturb
+    )
+    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert set(history.history) == {"loss", "accuracy"}
+
+
+@pytest.mark.backends("jax", "torch", reason="the error raised outside TensorFlow")
+def test_unlabelled_dataset_is_refused_outside_tensorflow():
+    tf = pytest.importorskip("tensorflow")
+    dataset = tf.data.Dataset.from_tensor_slices(np.zeros((4, models.LENGTH))).batch(2)
+    model = models.build("functional")
+    model.compile(loss="sparse_categorical_crossentropy", optimizer="sgd")
+    with pytest.raises(ValueError, match="only be read inside a TensorFlow.*arrays"):
+        keras_reg.virtual_adversarial_training(model, "emb", unlabeled=dataset)
+    assert keras_reg.installed_regularizer(model) is None
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"perturb": "output"},  # d ~ N(0, I) must change every step
+        {"perturb": "matrix", "unlabeled": "arrays"},  # and the unlabelled draw
+    ],
+    ids=["noise", "unlabelled"],
+)
+def test_random_draws_change_every_step(options):
+    """Same weights (lr 0) and batch every step: only VAT's draws vary the loss.
+
+    On JAX the regulariser's seed generators are not part of the step's state;
+    frozen draws would repeat one loss.
+    """
+    rng = np.random.default_rng(5)
+    x, _, _ = models.batch(rng, size=4)
+    if options.get("unlabeled") == "arrays":
+        x_u = rng.integers(0, models.VOCAB, size=(40, models.LENGTH)).astype("int32")
+        options = dict(options, unlabeled=x_u, unlabeled_batch_size=4)
+    model = models.build("functional")
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    variables = len(model.variables)
+    keras_reg.virtual_adversarial_training(model, "emb", xi=1e-3, seed=3, **options)
+    history = model.fit(x, batch_size=len(x), epochs=4, shuffle=False, verbose=0)
+    losses = history.history["loss"]
+    assert len(set(np.round(losses, 7))) == 4, losses
+    assert len(model.variables) == variables
 
 
 def test_vat_never_writes_the_weights():

@@ -2,10 +2,13 @@
 
 Each backend module offers the same two names:
 
-- ``step_scope(model, variables)``: a context manager entered around one training
-  step, returning a recorder the step uses to take gradients of the loss.
+- ``step_scope(model, variables, step_args)``: a context manager entered around
+  one training step (``step_args``: the positional arguments of
+  ``train_step``), returning a recorder (never None) that the step uses to take
+  gradients of the loss.
 - ``Step``: a `keras_reg.backend.base.Step` with the framework's autodiff,
-  sparse handling and in-place perturbation.
+  sparse handling and perturbation (in place on TensorFlow, by substituting
+  values on JAX and PyTorch: see ``stateless.py``).
 """
 
 import importlib
@@ -13,6 +16,8 @@ import importlib
 _MODULES = {
     "tf_keras": "keras_reg.backend.tf_keras",
     "tensorflow": "keras_reg.backend.tensorflow",
+    "jax": "keras_reg.backend.jax",
+    "torch": "keras_reg.backend.torch",
 }
 
 
@@ -44,6 +49,6 @@ def for_model(model):
         raise NotImplementedError(
             f"keras_reg's training-step regularisers do not support the {name!r} "
             f"backend yet (supported: {', '.join(sorted(_MODULES))}). "
-            "Set KERAS_BACKEND=tensorflow, or use a tf_keras model."
+            "Set KERAS_BACKEND to tensorflow, jax or torch before importing Keras."
         )
     return importlib.import_module(_MODULES[name])

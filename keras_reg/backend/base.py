@@ -12,8 +12,10 @@ class Step(abc.ABC):
     computed ``loss`` (the compiled loss with sample weights, plus the model's
     regularisation losses). A regulariser returns the loss the optimizer should
     differentiate instead, using the primitives below; the backend guarantees
-    that every perturbation is undone exactly (by copying saved values back,
-    never by subtracting) before the optimizer updates the weights.
+    that the weights the optimizer updates are the unperturbed ones, bit for
+    bit: a perturbation is either never written to a variable (a value
+    substituted in the pass, or added to a layer's output) or undone by
+    copying saved values back, never by subtracting.
 
     Attributes:
         model: The model being trained.
@@ -33,11 +35,15 @@ class Step(abc.ABC):
         self._compute_loss = compute_loss
 
     @abc.abstractmethod
-    def gradient(self, loss, variable):
-        """Returns d loss / d variable, sparse where the framework makes it sparse.
+    def loss_gradient(self, variable):
+        """Returns d (scaled clean loss) / d variable, sparse where the framework is.
+
+        The clean loss is ``loss`` times the optimizer's loss scale (mixed
+        precision): scaling keeps float16 gradients from underflowing, and a
+        non-finite gradient then makes the step's loss non-finite, so a
+        ``LossScaleOptimizer`` skips the step.
 
         Args:
-            loss: A scalar computed in this step from the clean forward pass.
             variable: A variable that the regulariser declared as watched.
         """
 
@@ -70,6 +76,21 @@ class Step(abc.ABC):
         Used by power iterations (VAT); the result is a constant for the
         step's own gradient.
         """
+
+    def seed(self, generator):
+        """Returns the ``seed`` argument of one random draw in this step.
+
+        Args:
+            generator: A `keras.random.SeedGenerator` owned by the regulariser
+                (not by the model).
+
+        Returns:
+            ``generator`` itself where its state can advance inside the step
+            (TensorFlow, PyTorch); a backend may instead return a seed derived
+            from the generator and the optimizer's step count (JAX, whose step
+            is a pure function of the model's state).
+        """
+        return generator
 
     def forward(self, x, training=False, layer=None, transform=None):
         """Returns the model's output on ``x``, optionally transforming a layer's.

@@ -39,17 +39,18 @@ class SparseRows(NamedTuple):
 
 
 @contextlib.contextmanager
-def step_scope(model, variables):
+def step_scope(model, variables, step_args=()):
     """Records the train step's forward pass for gradients w.r.t. ``variables``.
 
     Args:
         model: The model being trained (unused here; part of the interface).
         variables: The variables regularisers will differentiate with respect to.
+        step_args: The positional arguments of ``train_step`` (unused here).
 
     Yields:
         The `tf.GradientTape` recording the step.
     """
-    del model
+    del model, step_args
     tape = tf.GradientTape(watch_accessed_variables=False)
     with tape:
         for variable in variables:
@@ -160,7 +161,8 @@ def perturbed(variable, perturbation):
 class Step(base.Step):
     """`keras_reg.backend.base.Step` for Keras 3 models on TensorFlow."""
 
-    def gradient(self, loss, variable):
+    def loss_gradient(self, variable):
+        loss = self.scale_loss(self.loss)
         gradient = self._recorder.gradient(loss, raw_variable(variable))
         if gradient is None:
             raise ValueError(

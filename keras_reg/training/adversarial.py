@@ -68,10 +68,8 @@ class FGM(TrainingRegularizer):
     def regularized_loss(self, step):
         layer = find_embedding_layer(step.model, self.embedding_name)
         matrix = embedding_matrix(layer)
-        # The direction is invariant to the loss scale; scaling keeps float16
-        # gradients from underflowing, and a non-finite gradient makes the
-        # loss non-finite, so a LossScaleOptimizer skips the step.
-        gradient = step.gradient(step.scale_loss(step.loss), matrix)
+        # Of the scaled loss: the direction is invariant to the loss scale.
+        gradient = step.loss_gradient(matrix)
         delta = step.scale_to_norm(gradient, self.epsilon)
         adversarial = step.loss_with_perturbation(layer, matrix, delta)
         return step.loss + adversarial if self.add_clean_loss else adversarial
@@ -96,7 +94,8 @@ def adversarial_training(model, embedding_name, epsilon=1.0, add_clean_loss=Fals
     `keras_reg.remove_regularization` restores the plain step.
 
     Args:
-        model: A compiled Keras 3 (TensorFlow backend) or tf_keras model.
+        model: A compiled Keras 3 (TensorFlow, JAX or PyTorch backend) or
+            tf_keras model.
         embedding_name: Name of the embedding layer to perturb.
         epsilon: Norm of the perturbation of the whole embedding matrix.
         add_clean_loss: Also keep the clean loss's gradient (see `FGM`).

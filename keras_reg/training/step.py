@@ -2,8 +2,9 @@
 
 Installing sets two instance attributes on the model, leaving its class alone:
 
-- ``train_step``: enters the backend's step scope (e.g. a gradient tape that
-  records the forward pass), then runs the model's own ``train_step``;
+- ``train_step``: enters the backend's step scope (a gradient tape that
+  records the forward pass on TensorFlow; the step's state on JAX), then runs
+  the model's own ``train_step``;
 - ``compute_loss``: computes the model's own loss, then, once per training step,
   hands it to the regulariser, whose returned loss is what the step optimizes.
 
@@ -45,7 +46,7 @@ class _Installation:
 
     def train_step(self, *args, **kwargs):
         variables = self.regularizer.watched_variables(self.model)
-        with self.backend.step_scope(self.model, variables) as recorder:
+        with self.backend.step_scope(self.model, variables, args) as recorder:
             self.recorder = recorder
             try:
                 return self.plain_train_step(*args, **kwargs)

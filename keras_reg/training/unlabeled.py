@@ -55,14 +55,18 @@ class UnlabeledSampler:
         self.size = lengths.pop()
         self.seed = keras.random.SeedGenerator(seed)
 
-    def draw(self, fit_inputs):
-        """Returns this step's unlabelled inputs (``fit_inputs`` if none given)."""
+    def draw(self, step):
+        """Returns this step's unlabelled inputs (the ``fit`` batch's if none given).
+
+        Args:
+            step: The `keras_reg.backend.base.Step` in progress.
+        """
         if self.iterator is not None:
             return next(self.iterator)
         if self.arrays is None:
-            return fit_inputs
-        size = self.batch_size or ops.shape(keras.tree.flatten(fit_inputs)[0])[0]
-        index = keras.random.randint((size,), 0, self.size, seed=self.seed)
+            return step.x
+        size = self.batch_size or ops.shape(keras.tree.flatten(step.x)[0])[0]
+        index = keras.random.randint((size,), 0, self.size, seed=step.seed(self.seed))
         return keras.tree.map_structure(
             lambda a: ops.take(a, index, axis=0), self.arrays
         )

@@ -12,6 +12,7 @@ References:
     from random noise and gradient penalty to VAT). https://kexue.fm/archives/7466
 """
 
+from keras_reg import backend
 from keras_reg._compat import keras
 from keras_reg.training import step as step_module
 from keras_reg.training.embedding import embedding_matrix, find_embedding_layer
@@ -136,6 +137,16 @@ class VAT(TrainingRegularizer):
     def validate(self, model):
         if self.embedding_name is not None:
             find_embedding_layer(model, self.embedding_name)
+        if self.sampler.iterator is not None and backend.framework(model) not in (
+            "tensorflow",
+            "tf_keras",
+        ):
+            raise ValueError(
+                "A tf.data.Dataset of unlabelled batches can only be read inside "
+                f"a TensorFlow train step; this model trains on "
+                f"{backend.framework(model)!r}. Pass `unlabeled` as arrays (VAT "
+                "draws a batch from them at every step)."
+            )
         if self.sampler.iterator is not None and getattr(model, "jit_compile", False):
             raise ValueError(
                 "A tf.data.Dataset of unlabelled batches cannot be read inside an "
@@ -144,10 +155,10 @@ class VAT(TrainingRegularizer):
             )
 
     def regularized_loss(self, step):
-        x = self.sampler.draw(step.x)
+        x = self.sampler.draw(step)
         site = self._site(step)
         p = ops.stop_gradient(site.predict(x, None))
-        d = keras.random.normal(site.shape(x), seed=self.noise_seed)
+        d = keras.random.normal(site.shape(x), seed=step.seed(self.noise_seed))
         d = site.restrict(d)
         for _ in range(self.iters):
             probe = self.xi * normalize(d, self.norm)

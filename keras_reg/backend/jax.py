@@ -1,0 +1,112 @@
+"""JAX backend for Keras 3 models.
+
+Keras's JAX train step is a pure function of its state: ``compute_loss`` runs
+inside ``jax.value_and_grad`` and inside a `keras.StatelessScope` holding the
+traced values of the variables. So:
+
+- the gradient of the clean loss with respect to a variable cannot be read
+  off the trainer's forward pass: `Step.loss_gradient` recomputes that pass as
+  a function of the variable's value (same inputs, same starting state, hence
+  the same dropout mask) and differentiates it with ``jax.grad``; under ``jit``
+  XLA may share work between the two passes;
+- perturbed passes substitute values (see `keras_reg.backend.stateless`);
+- the optimizer's variables (loss scale, step count) are not in the scope
+  ``compute_loss`` runs in, and ``fit`` purges their values from the
+  variables: they are read from the train step's state argument;
+- a `keras.random.SeedGenerator` outside the model is not part of that state,
+  so its state cannot advance inside the step: `Step.seed` derives a fresh key
+  from the generator's seed and the optimizer's step count instead.
+"""
+
+import contextlib
+from typing import NamedTuple, Optional
+
+import jax
+
+from keras_reg._compat import keras
+from keras_reg.backend import stateless
+
+
+class Recorder(NamedTuple):
+    """What the step scope saw: the JAX train step's state, when recognised.
+
+    Attributes:
+        state: ``(trainable, non_trainable, optimizer, metrics)`` value lists
+            passed to ``train_step``, or None (a custom step signature).
+    """
+
+    state: Optional[tuple]
+
+
+@contextlib.contextmanager
+def step_scope(model, variables, step_args=()):
+    """Keeps the train step's state argument for the step's regulariser.
+
+    Args:
+        model: The model being trained (unused here; part of the interface).
+        variables: The variables regularisers differentiate with respect to
+            (unused: JAX recomputes, it does not record).
+        step_args: The positional arguments of ``train_step``:
+            ``(state, data)`` for Keras's JAX trainer.
+
+    Yields:
+        A `Recorder`.
+    """
+    del model, variables
+    state = step_args[0] if step_args else None
+    if not (isinstance(state, (tuple, list)) and len(state) == 4):
+        state = None
+    yield Recorder(state)
+
+
+class Step(stateless.Step):
+    """`keras_reg.backend.base.Step` for Keras 3 models on JAX."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._draws = 0
+
+    def loss_gradient(self, variable):
+        start = []
+        if self._recorder.state is not None:
+            start = list(
+                zip(self.model.non_trainable_variables, self._recorder.state[1])
+            )
+
+        def clean_loss(value):
+            loss = self.pass_loss(values=[(variable, value)], start=start, keep=False)
+            return self.scale_loss(loss)
+
+        return jax.lax.stop_gradient(jax.grad(clean_loss)(variable.value))
+
+    def gradient_of(self, function, value):
+        return jax.lax.stop_gradient(jax.grad(function)(value))
+
+    def scale_loss(self, loss):
+        optimizer = self.model.optimizer
+        if optimizer is None:
+            return loss
+        with keras.StatelessScope(state_mapping=self._optimizer_values()):
+            return optimizer.scale_loss(loss)
+
+    def seed(self, generator):
+        """Returns a JAX key for one draw: the generator's, this step's, this draw's.
+
+        The key folds the optimizer's step count and the draw's index within
+        the step into the generator's (never advanced) state.
+        """
+        iterations = self.model.optimizer.iterations
+        values = dict((id(v), value) for v, value in self._optimizer_values())
+        count = values.get(id(iterations))
+        if count is None:
+            count = iterations.value
+        key = jax.random.fold_in(generator.state.value, count)
+        key = jax.random.fold_in(key, self._draws)
+        self._draws += 1
+        return key
+
+    def _optimizer_values(self):
+        """Returns ``(variable, value)`` pairs of the optimizer's state in this step."""
+        if self._recorder.state is None:
+            return []
+        return list(zip(self.model.optimizer.variables, self._recorder.state[2]))

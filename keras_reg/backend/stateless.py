@@ -1,0 +1,157 @@
+"""Functional perturbation for the JAX and PyTorch backends (Keras 3).
+
+On JAX the train step is a pure function: Keras maps every variable to a
+traced value in a `keras.StatelessScope`, and writing to a variable inside the
+step is not possible. PyTorch could write in place, but autograd would then
+see the write. Both backends therefore perturb by substitution: an extra
+forward pass runs in a nested `keras.StatelessScope` that maps *every*
+variable of the model to its current value (a partial mapping would read the
+values JAX ``fit`` purges from the variables) and the perturbed variable to
+``value + delta``. Nothing is written to the perturbed variable, so nothing
+needs restoring.
+
+What the extra pass changes besides the loss -- BatchNormalization statistics,
+dropout seed states, the compiled loss's per-output trackers -- is written back
+to the variables (a recorded update under JAX's enclosing scope, a real one on
+PyTorch), as the TensorFlow backend's second forward pass does; a pass that
+only recomputes the clean loss for a gradient discards them.
+
+This module only uses Keras; the framework-specific autodiff lives in
+``jax.py`` and ``torch.py``.
+"""
+
+import contextlib
+
+from keras_reg._compat import keras
+from keras_reg.backend import base
+
+ops = keras.ops
+
+
+def _model_variables(model):
+    """Returns every variable the model's forward pass and loss may read."""
+    unique = {}
+    for variable in (
+        list(model.trainable_variables)
+        + list(model.non_trainable_variables)
+        + list(getattr(model, "metrics_variables", []))
+    ):
+        unique.setdefault(id(variable), variable)
+    return list(unique.values())
+
+
+@contextlib.contextmanager
+def _own_losses(model):
+    """Makes ``model.losses`` report the losses of the pass run in the block.
+
+    Under JAX ``fit`` the trainer pins ``model.losses`` to the losses of its own
+    forward pass (Keras's private ``_losses_override``) while ``compute_loss``
+    runs; a perturbed pass must report its own (an embeddings regulariser's
+    value at ``E + delta``, activity regularisers of the perturbed activations).
+    """
+    pinned = getattr(model, "_losses_override", None)
+    if pinned:
+        model._losses_override = []
+    try:
+        yield
+    finally:
+        if pinned:
+            model._losses_override = pinned
+
+
+@contextlib.contextmanager
+def substituted(model, values=(), start=(), keep_updates=True):
+    """Runs the block with the model's variables read from a nested scope.
+
+    Every variable of ``model`` reads its current value (the enclosing scope's,
+    under JAX), except the ``start`` and ``values`` pairs, which replace them.
+    Layer losses added in the block are collected, so ``model.losses`` inside
+    the block is the block's.
+
+    Args:
+        model: A built Keras 3 model.
+        values: ``(variable, value)`` pairs: the substituted values.
+        start: ``(variable, value)`` pairs: non-trainable values to start the
+            pass from instead of the current ones (JAX: the values before the
+            step's own forward pass, so that dropout draws the same mask).
+        keep_updates: Write the updates made in the block (non-trainable
+            state, the compiled loss's per-output trackers) back to the
+            variables on exit; otherwise discard them. The substituted values
+            are never written back.
+
+    Yields:
+        The `keras.StatelessScope`.
+    """
+    variables = _model_variables(model)
+    mapping = {id(v): (v, v.value) for v in variables}
+    for variable, value in list(start) + list(values):
+        mapping[id(variable)] = (variable, value)
+    with _own_losses(model):
+        with keras.StatelessScope(
+            state_mapping=list(mapping.values()), collect_losses=True
+        ) as scope:
+            before = {id(v): scope.get_current_value(v) for v in variables}
+            yield scope
+    if keep_updates:
+        for variable in variables:
+            value = scope.get_current_value(variable)
+            if value is not before[id(variable)]:
+                variable.assign(value)
+
+
+class Step(base.Step):
+    """`keras_reg.backend.base.Step` shared by the JAX and PyTorch backends.
+
+    Subclasses provide the autodiff (`loss_gradient`, `gradient_of`).
+    """
+
+    def scale_loss(self, loss):
+        optimizer = self.model.optimizer
+        return optimizer.scale_loss(loss) if optimizer is not None else loss
+
+    def scale_to_norm(self, gradient, epsilon):
+        gradient = ops.convert_to_tensor(gradient)
+        norm = ops.sqrt(ops.sum(ops.square(gradient)))
+        scale = ops.divide_no_nan(ops.cast(epsilon, gradient.dtype), norm)
+        return gradient * scale
+
+    def loss_with_perturbation(self, layer, variable, perturbation):
+        perturbation = ops.stop_gradient(perturbation)
+        if self._plain_lookup(layer):
+            # E[ids] + delta[ids]: the same numbers, without a second matrix.
+            def add_rows(output, ids):
+                rows = ops.take(perturbation, ops.cast(ids, "int32"), axis=0)
+                return output + ops.cast(rows, output.dtype)
+
+            return self.pass_loss(layer=layer, transform=add_rows)
+        perturbed = ops.add(variable.value, ops.cast(perturbation, variable.dtype))
+        return self.pass_loss(values=[(variable, perturbed)])
+
+    def pass_loss(self, values=(), start=(), layer=None, transform=None, keep=True):
+        """Returns the training loss of one extra forward pass on the batch.
+
+        Args:
+            values: ``(variable, value)`` pairs substituted in the pass.
+            start: Non-trainable ``(variable, value)`` pairs to start from.
+            layer: A layer whose output ``transform(output, inputs)`` replaces.
+            transform: See ``layer``.
+            keep: Keep the pass's non-trainable updates (see `substituted`).
+        """
+        with substituted(self.model, values, start, keep_updates=keep):
+            y_pred = self.forward(
+                self.x, training=True, layer=layer, transform=transform
+            )
+            return self._compute_loss(
+                self.x, self.y, y_pred, self.sample_weight, training=True
+            )
+
+    def _plain_lookup(self, layer):
+        """Whether the layer's output is ``E[ids]`` and E appears nowhere else.
+
+        An ``embeddings_regularizer`` also reads E, so it takes the
+        substitution path.
+        """
+        return (
+            type(layer).call is keras.layers.Embedding.call
+            and getattr(layer, "embeddings_regularizer", None) is None
+        )
