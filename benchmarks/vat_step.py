@@ -4,13 +4,15 @@ The model of fgm_step.py (vocab 21128, hidden 128, 2 layers, batch 32 x 64,
 Adam); VAT draws an unlabelled batch of the same size each step and perturbs
 either the embedded sequence (``perturb="output"``) or the embedding-matrix
 rows (``perturb="matrix"``, the source), with one power iteration. Graph mode
-and XLA. A VAT step does, beyond the plain step, one inference pass for p, one
-forward + backward-to-the-perturbation for the power iteration, and one forward
+and XLA on TensorFlow, jit on JAX, eager on PyTorch. A VAT step does, beyond
+the plain step, one inference pass for p, one forward +
+backward-to-the-perturbation for the power iteration, and one forward
 + full backward for the VAT loss: about 3x the plain step's arithmetic.
 
 Usage:
     python benchmarks/vat_step.py            # ~4 minutes on 2 CPU cores
     python benchmarks/vat_step.py --quick
+    KERAS_BACKEND=jax python benchmarks/vat_step.py   # (or torch)
 """
 
 import argparse
@@ -21,8 +23,6 @@ import sys
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import tensorflow as tf  # noqa: E402
 
 import keras_reg  # noqa: E402
 from benchmarks import bert_shaped, timing  # noqa: E402
@@ -58,13 +58,15 @@ def main():
     steps, rounds = (2, 2) if args.quick else (8, 5)
     x, y = bert_shaped.batch()
     unlabeled, _ = bert_shaped.batch(size=512, seed=1)
+    backend = keras.backend.backend()
     report = {
         "machine": f"{os.cpu_count()} CPU cores",
-        "tensorflow": tf.__version__,
+        "backend": backend,
         "keras": keras.__version__,
         "timing": [],
     }
-    for jit in (False, True):
+    modes = {"tensorflow": (False, True), "jax": (True,), "torch": (False,)}[backend]
+    for jit in modes:
         variants = {
             "plain": _model(jit).train_on_batch,
             "vat_output": _model(jit, "output", unlabeled).train_on_batch,
@@ -73,7 +75,7 @@ def main():
         medians = timing.interleaved_medians(variants, x, y, steps, rounds)
         report["timing"].append(
             {
-                "mode": "xla" if jit else "graph",
+                "mode": f"{backend} {'jit/XLA' if jit else 'graph/eager'}",
                 **{f"{k}_ms": 1e3 * v for k, v in medians.items()},
                 "vat_output_ratio": medians["vat_output"] / medians["plain"],
                 "vat_matrix_ratio": medians["vat_matrix"] / medians["plain"],
