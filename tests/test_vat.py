@@ -290,6 +290,12 @@ def test_errors_name_the_value(options, message):
     assert keras_reg.installed_regularizer(model) is None
 
 
+def test_default_norm_follows_the_paper_for_inputs_and_the_source_for_embeddings():
+    assert keras_reg.VAT().norm == "example"
+    assert keras_reg.VAT("Embedding-Token").norm == "batch"
+    assert keras_reg.VAT(norm="batch").norm == "batch"
+
+
 def test_vat_config_round_trip():
     vat = keras_reg.VAT(
         "Embedding-Token", epsilon=2.0, perturb="output", norm="example", seed=3

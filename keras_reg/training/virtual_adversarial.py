@@ -69,6 +69,9 @@ class VAT(TrainingRegularizer):
 
     ``norm="batch"`` normalises over the whole perturbation (the source);
     ``norm="example"`` per example (the paper; not defined for ``"matrix"``).
+    The default follows each: ``"example"`` for inputs, ``"batch"`` for an
+    embedding. With ``"batch"`` the per-example size of r is about
+    ``epsilon / sqrt(batch)``, so it changes with the unlabelled batch size.
 
     Dropout: the supervised pass is the ordinary training pass; the VAT passes
     (p, the power iteration and the final KL) run with ``training=False``, so
@@ -88,7 +91,9 @@ class VAT(TrainingRegularizer):
             None: as many as the labelled batch.
         weight: Factor of the VAT loss in the total loss.
         perturb: ``"matrix"`` or ``"output"``, see above.
-        norm: ``"batch"`` or ``"example"``, see above.
+        norm: ``"batch"``, ``"example"``, or None (the default: ``"example"``
+            for inputs as in the paper, ``"batch"`` for an embedding as in the
+            source).
         seed: Seed of the unlabelled draws and of d's initial directions.
 
     Example:
@@ -108,9 +113,11 @@ class VAT(TrainingRegularizer):
         unlabeled_batch_size=None,
         weight=1.0,
         perturb="matrix",
-        norm="batch",
+        norm=None,
         seed=None,
     ):
+        if norm is None:
+            norm = "example" if embedding_name is None else "batch"
         self.embedding_name = embedding_name
         self.epsilon = positive_number("epsilon", epsilon, example=1.0)
         self.xi = positive_number("xi", xi, example=10.0)
@@ -284,7 +291,7 @@ def virtual_adversarial_training(
     unlabeled_batch_size=None,
     weight=1.0,
     perturb="matrix",
-    norm="batch",
+    norm=None,
     seed=None,
 ):
     """Trains a compiled model with VAT on unlabelled data, in one ``fit``.
