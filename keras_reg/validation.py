@@ -55,6 +55,15 @@ def _unknown_option_message(function, name, known):
     )
 
 
+def _is_finite_real(value):
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, numbers.Real)
+        and value == value  # not NaN
+        and abs(value) != float("inf")
+    )
+
+
 def positive_number(name, value, example):
     """Returns ``value`` as a float after checking that it is a finite number > 0.
 
@@ -69,15 +78,20 @@ def positive_number(name, value, example):
     Raises:
         ValueError: ``value`` is not a positive finite number.
     """
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not value > 0
-        or value == float("inf")
-    ):
+    if not (_is_finite_real(value) and value > 0):
         raise ValueError(
             f"`{name}` must be a positive number, received {name}={value!r}. "
             f"Pass for example {name}={example}."
+        )
+    return float(value)
+
+
+def non_negative_number(name, value, example):
+    """Like `positive_number`, but 0 (which turns a term off) is accepted too."""
+    if not (_is_finite_real(value) and value >= 0):
+        raise ValueError(
+            f"`{name}` must be a number >= 0, received {name}={value!r}. "
+            f"Pass for example {name}={example}, or 0 to turn it off."
         )
     return float(value)
 

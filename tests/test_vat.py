@@ -68,16 +68,20 @@ def _dense_classifier():
 
 
 @pytest.mark.parametrize(
-    "site, norm, iters",
+    "site, norm, iters, entropy_weight",
     [
-        ("input", "batch", 1),
-        ("input", "example", 2),
-        ("output", "batch", 1),
-        ("output", "example", 1),
-        ("matrix", "batch", 1),
+        ("input", "batch", 1, 0.0),
+        ("input", "example", 2, 0.0),
+        ("input", "example", 1, 0.7),  # VAT + EntMin
+        ("output", "batch", 1, 0.0),
+        ("output", "example", 1, 0.0),
+        ("output", "batch", 1, 0.7),
+        ("matrix", "batch", 1, 0.0),
     ],
 )
-def test_one_step_matches_finite_differences(site, norm, iters, fixed_noise):
+def test_one_step_matches_finite_differences(
+    site, norm, iters, entropy_weight, fixed_noise
+):
     rng = np.random.default_rng(0)
     epsilon, xi, weight = 0.8, 0.5, 1.5
     if site == "input":
@@ -107,13 +111,26 @@ def test_one_step_matches_finite_differences(site, norm, iters, fixed_noise):
         iters=iters,
         weight=weight,
         norm=norm,
+        entropy_weight=entropy_weight,
         **options,
     )
     model.fit(x, y, sample_weight=w, batch_size=len(x), shuffle=False, verbose=0)
 
     d0 = vat_reference.initial_direction(site, x, models.VOCAB, models.DIM)
     expected = vat_reference.vat_sgd_step(
-        params, x, y, w, d0, site, LR, epsilon, xi, iters, weight, norm
+        params,
+        x,
+        y,
+        w,
+        d0,
+        site,
+        LR,
+        epsilon,
+        xi,
+        iters,
+        weight,
+        norm,
+        entropy_weight=entropy_weight,
     )
     got = (
         [v.numpy() for v in model.layers[0].weights]
@@ -280,6 +297,7 @@ def test_vat_never_writes_the_weights():
         ({"unlabeled": [np.zeros((3, 5)), np.zeros((4, 5))]}, r"lengths \[3, 4\]"),
         ({"unlabeled_batch_size": 0}, "`unlabeled_batch_size` must be a positive"),
         ({"weigth": 1.0}, "unknown option 'weigth'.*did you mean 'weight'"),
+        ({"entropy_weight": -0.5}, "`entropy_weight` must be a number >= 0"),
     ],
 )
 def test_errors_name_the_value(options, message):
@@ -298,7 +316,12 @@ def test_default_norm_follows_the_paper_for_inputs_and_the_source_for_embeddings
 
 def test_vat_config_round_trip():
     vat = keras_reg.VAT(
-        "Embedding-Token", epsilon=2.0, perturb="output", norm="example", seed=3
+        "Embedding-Token",
+        epsilon=2.0,
+        perturb="output",
+        norm="example",
+        seed=3,
+        entropy_weight=0.5,
     )
     clone = keras.saving.deserialize_keras_object(
         keras.saving.serialize_keras_object(vat)

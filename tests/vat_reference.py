@@ -31,6 +31,10 @@ def kl(p, q):
     return np.mean(np.sum(p * (np.log(p) - np.log(q)), axis=-1))
 
 
+def entropy(p):
+    return -np.mean(np.sum(p * np.log(p), axis=-1))
+
+
 def cross_entropy(q, y, w):
     return np.sum(w * -np.log(q[np.arange(len(y)), y])) / len(y)
 
@@ -56,7 +60,20 @@ def normalize(d, norm):
 
 
 def vat_sgd_step(
-    params, x, y, w, d0, site, lr, epsilon, xi, iters, weight, norm, supervised=True
+    params,
+    x,
+    y,
+    w,
+    d0,
+    site,
+    lr,
+    epsilon,
+    xi,
+    iters,
+    weight,
+    norm,
+    supervised=True,
+    entropy_weight=0.0,
 ):
     """Returns the parameters after one SGD step on supervised + weight * VAT."""
     params = [np.asarray(p, np.float64).copy() for p in params]
@@ -73,7 +90,7 @@ def vat_sgd_step(
         loss = weight * kl(p, probabilities(params, x, site, r))
         if supervised:
             loss += cross_entropy(probabilities(params, x, site), y, w)
-        return loss
+        return loss + entropy_weight * entropy(probabilities(params, x, site))
 
     grads = [numerical_gradient(total, q) for q in params]
     return [q - lr * g for q, g in zip(params, grads)]
