@@ -186,8 +186,10 @@ class VAT(TrainingRegularizer):
     def regularized_loss(self, step):
         x = self.sampler.draw(step)
         site = self._site(step)
-        clean = site.predict(x, None)
-        p = ops.stop_gradient(clean)
+        p = site.predict(x, None)
+        # EntMin differentiates through p; the VAT terms hold it constant.
+        entropy_term = self.entropy_weight * entropy(p) if self.entropy_weight else 0
+        p = ops.stop_gradient(p)
         d = keras.random.normal(site.shape(x), seed=step.seed(self.noise_seed))
         d = site.restrict(d)
         for _ in range(self.iters):
@@ -197,10 +199,7 @@ class VAT(TrainingRegularizer):
             )
         r = ops.stop_gradient(self.epsilon * normalize(d, self.norm))
         vat_loss = kl_divergence(p, site.predict(x, r))
-        loss = step.loss + self.weight * vat_loss
-        if self.entropy_weight:
-            loss = loss + self.entropy_weight * entropy(clean)
-        return loss
+        return step.loss + self.weight * vat_loss + entropy_term
 
     def _site(self, step):
         if self.embedding_name is None:
