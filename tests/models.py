@@ -24,6 +24,20 @@ class BagOfEmbeddings(keras.Model):
         return self.classifier(self.dropout(h, training=training))
 
 
+def fit_one_batch(model, x, y, w, epochs=1, **kwargs):
+    """Fits ``epochs`` steps, each on the whole batch (x, y, w), in order."""
+    model.fit(
+        x,
+        y,
+        sample_weight=w,
+        batch_size=len(x),
+        epochs=epochs,
+        shuffle=False,
+        verbose=0,
+        **kwargs,
+    )
+
+
 def _l2(l2):
     return keras.regularizers.L2(l2) if l2 else None
 

@@ -54,21 +54,9 @@ def _bag_model(l2=0.0):
     return model, (E, W, b), (x, y, w)
 
 
-def _fit(model, x, y, w, steps=STEPS):
-    model.fit(
-        x,
-        y,
-        sample_weight=w,
-        batch_size=len(x),
-        epochs=steps,
-        shuffle=False,
-        verbose=0,
-    )
-
-
 def test_plain_training():
     model, params, (x, y, w) = _bag_model()
-    _fit(model, x, y, w)
+    models.fit_one_batch(model, x, y, w, epochs=STEPS)
     for _ in range(STEPS):
         params = fgm_reference.plain_sgd_step(*params, x, y, LR, w)
     assert_close(models.get_weights(model), params)
@@ -86,7 +74,7 @@ def test_fgm(l2, add_clean):
     keras_reg.adversarial_training(
         model, "emb", epsilon=EPSILON, add_clean_loss=add_clean
     )
-    _fit(model, x, y, w)
+    models.fit_one_batch(model, x, y, w, epochs=STEPS)
     for _ in range(STEPS):
         params = fgm_reference.fgm_sgd_step(
             *params, x, y, LR, EPSILON, w, l2=l2, add_clean=add_clean
@@ -127,7 +115,7 @@ def test_vat(site, norm, monkeypatch):
     keras_reg.virtual_adversarial_training(
         model, epsilon=epsilon, xi=xi, weight=weight, norm=norm, **options
     )
-    _fit(model, x, y, w)
+    models.fit_one_batch(model, x, y, w, epochs=STEPS)
     d0 = vat_reference.initial_direction(site, x, models.VOCAB, models.DIM)
     for _ in range(STEPS):
         params = vat_reference.vat_sgd_step(
@@ -178,7 +166,7 @@ def test_clean_gradient_is_the_trainers_own_forward_pass():
         models.set_weights(model, E, W, b)
         if probe:
             keras_reg.install_regularizer(model, _CleanGradientProbe())
-        _fit(model, x, y, w, steps=1)
+        models.fit_one_batch(model, x, y, w)
         moved.append([a - b for a, b in zip(models.get_weights(model), (E, W, b))])
     plain, probed = moved
     assert np.abs(plain[0]).max() > 1e-3

@@ -29,19 +29,6 @@ def _compiled(style, lr=LR, l2=0.0, dropout=0.0, **compile_kwargs):
     return model
 
 
-def _fit_one_batch(model, x, y, w, epochs=1, **kwargs):
-    model.fit(
-        x,
-        y,
-        sample_weight=w,
-        batch_size=len(x),
-        epochs=epochs,
-        shuffle=False,
-        verbose=0,
-        **kwargs,
-    )
-
-
 def _assert_weights(model, expected):
     for got, want in zip(models.get_weights(model), expected):
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
@@ -54,7 +41,7 @@ def test_one_step_matches_numpy(style, rng):
     model = _compiled(style)
     models.set_weights(model, E, W, b)
     assert keras_reg.adversarial_training(model, "emb", epsilon=EPSILON) is model
-    _fit_one_batch(model, x, y, w)
+    models.fit_one_batch(model, x, y, w)
     _assert_weights(model, fgm_reference.fgm_sgd_step(E, W, b, x, y, LR, EPSILON, w))
 
 
@@ -82,7 +69,7 @@ def test_variants_match_numpy(options, rng):
     keras_reg.adversarial_training(
         model, "emb", epsilon=EPSILON, add_clean_loss=add_clean
     )
-    _fit_one_batch(model, x, y, w)
+    models.fit_one_batch(model, x, y, w)
     expected = fgm_reference.fgm_sgd_step(
         E, W, b, x, y, LR, EPSILON, w, l2=l2, add_clean=add_clean
     )
@@ -95,7 +82,7 @@ def test_three_steps_match_numpy(rng):
     model = _compiled("functional")
     models.set_weights(model, E, W, b)
     keras_reg.adversarial_training(model, "emb", epsilon=EPSILON)
-    _fit_one_batch(model, x, y, w, epochs=3)
+    models.fit_one_batch(model, x, y, w, epochs=3)
     for _ in range(3):
         E, W, b = fgm_reference.fgm_sgd_step(E, W, b, x, y, LR, EPSILON, w)
     _assert_weights(model, (E, W, b))
@@ -140,7 +127,7 @@ def test_embedding_is_restored_bit_for_bit(jit_compile, l2, rng):
     models.set_weights(model, E, W, b)
     keras_reg.adversarial_training(model, "emb", epsilon=3.0)
     probe = _EmbeddingProbe()
-    _fit_one_batch(model, x, y, w, epochs=5, callbacks=[probe])
+    models.fit_one_batch(model, x, y, w, epochs=5, callbacks=[probe])
     assert len(probe.seen) == 5
     for matrix in probe.seen:
         np.testing.assert_array_equal(matrix, E)
@@ -157,7 +144,7 @@ def test_frozen_embedding_is_perturbed_but_never_changed(rng):
     model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
     models.set_weights(model, E, W, b)
     keras_reg.adversarial_training(model, "emb", epsilon=EPSILON)
-    _fit_one_batch(model, x, y, w, epochs=3)
+    models.fit_one_batch(model, x, y, w, epochs=3)
     np.testing.assert_array_equal(models.get_weights(model)[0], E)
     assert not np.allclose(models.get_weights(model)[1], W)
 
@@ -173,7 +160,7 @@ def test_torch_grad_holds_only_the_gradient_of_the_optimized_loss(add_clean, rng
     keras_reg.adversarial_training(
         model, "emb", epsilon=EPSILON, add_clean_loss=add_clean
     )
-    _fit_one_batch(model, x, y, w)
+    models.fit_one_batch(model, x, y, w)
     _, g, _, _ = fgm_reference.loss_and_gradients(E, W, b, x, y, w)
     delta = EPSILON * g / np.linalg.norm(g)
     expected = fgm_reference.loss_and_gradients(E + delta, W, b, x, y, w)[1:]
@@ -194,7 +181,7 @@ def test_torch_frozen_embedding_stays_frozen(rng):
     model.get_layer("emb").trainable = False
     model.compile(loss="sparse_categorical_crossentropy", optimizer="sgd")
     keras_reg.adversarial_training(model, "emb", epsilon=EPSILON)
-    _fit_one_batch(model, x, y, w)
+    models.fit_one_batch(model, x, y, w)
     tensor = model.get_layer("emb").embeddings.value
     assert not tensor.requires_grad
     assert tensor.grad is None
@@ -206,12 +193,12 @@ def test_remove_restores_the_plain_step(rng):
     model = _compiled("sequential")
     models.set_weights(model, E, W, b)
     keras_reg.adversarial_training(model, "emb", epsilon=EPSILON)
-    _fit_one_batch(model, x, y, w)  # traces and caches the FGM train function
+    models.fit_one_batch(model, x, y, w)  # traces and caches the FGM train function
     E1, W1, b1 = models.get_weights(model)
     assert keras_reg.remove_regularization(model) is model
     assert keras_reg.installed_regularizer(model) is None
     assert "train_step" not in vars(model) and "compute_loss" not in vars(model)
-    _fit_one_batch(model, x, y, w)
+    models.fit_one_batch(model, x, y, w)
     _assert_weights(model, fgm_reference.plain_sgd_step(E1, W1, b1, x, y, LR, w))
 
 
@@ -223,7 +210,7 @@ def test_applying_again_replaces_and_warns(rng):
     keras_reg.adversarial_training(model, "emb", epsilon=5.0)
     with pytest.warns(UserWarning, match="Replacing FGM"):
         keras_reg.adversarial_training(model, "emb", epsilon=EPSILON)
-    _fit_one_batch(model, x, y, w)
+    models.fit_one_batch(model, x, y, w)
     _assert_weights(model, fgm_reference.fgm_sgd_step(E, W, b, x, y, LR, EPSILON, w))
     keras_reg.remove_regularization(model)
     assert "train_step" not in vars(model)
@@ -234,13 +221,13 @@ def test_callback_installs_for_one_fit_only(rng):
     x, y, w = models.batch(rng)
     model = _compiled("functional")
     models.set_weights(model, E, W, b)
-    _fit_one_batch(model, x, y, w, epochs=0)  # a train function is already cached
+    models.fit_one_batch(model, x, y, w, epochs=0)  # a train function is already cached
     scope = keras_reg.callbacks.RegularizationScope(keras_reg.FGM("emb", EPSILON))
-    _fit_one_batch(model, x, y, w, callbacks=[scope])
+    models.fit_one_batch(model, x, y, w, callbacks=[scope])
     E, W, b = fgm_reference.fgm_sgd_step(E, W, b, x, y, LR, EPSILON, w)
     _assert_weights(model, (E, W, b))
     assert keras_reg.installed_regularizer(model) is None
-    _fit_one_batch(model, x, y, w)
+    models.fit_one_batch(model, x, y, w)
     _assert_weights(model, fgm_reference.plain_sgd_step(E, W, b, x, y, LR, w))
 
 
@@ -280,7 +267,7 @@ def test_mixed_precision_step_is_close_to_float32(rng):
     model.compile(loss="sparse_categorical_crossentropy", optimizer=optimizer)
     models.set_weights(model, E, W, b)
     keras_reg.adversarial_training(model, "emb", epsilon=EPSILON)
-    _fit_one_batch(model, x, y, w)
+    models.fit_one_batch(model, x, y, w)
     expected = fgm_reference.fgm_sgd_step(E, W, b, x, y, LR, EPSILON, w)
     for got, want in zip(models.get_weights(model), expected):
         np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-2)

@@ -114,7 +114,7 @@ def test_one_step_matches_finite_differences(
         entropy_weight=entropy_weight,
         **options,
     )
-    model.fit(x, y, sample_weight=w, batch_size=len(x), shuffle=False, verbose=0)
+    models.fit_one_batch(model, x, y, w)
 
     d0 = vat_reference.initial_direction(site, x, models.VOCAB, models.DIM)
     expected = vat_reference.vat_sgd_step(
@@ -178,6 +178,17 @@ def _jit_options():
     return [False, True]
 
 
+def _compiled_with_dropout(jit_compile):
+    model = models.build("functional", dropout=0.2)
+    model.compile(
+        loss="sparse_categorical_crossentropy",
+        optimizer="adam",
+        metrics=["accuracy"],
+        jit_compile=jit_compile,
+    )
+    return model
+
+
 @pytest.mark.parametrize("perturb", ["output", "matrix"])
 @pytest.mark.parametrize(
     "jit_compile", _jit_options(), ids=lambda j: "xla" if j else "graph"
@@ -186,13 +197,7 @@ def test_unlabelled_arrays_train(perturb, jit_compile):
     rng = np.random.default_rng(2)
     x, y, _ = models.batch(rng, size=16)
     x_u = rng.integers(0, models.VOCAB, size=(40, models.LENGTH)).astype("int32")
-    model = models.build("functional", dropout=0.2)
-    model.compile(
-        loss="sparse_categorical_crossentropy",
-        optimizer="adam",
-        metrics=["accuracy"],
-        jit_compile=jit_compile,
-    )
+    model = _compiled_with_dropout(jit_compile)
     keras_reg.virtual_adversarial_training(
         model, "emb", unlabeled=x_u, unlabeled_batch_size=12, perturb=perturb
     )
@@ -211,13 +216,7 @@ def test_unlabelled_dataset_trains_on_tensorflow(perturb, jit_compile):
     x, y, _ = models.batch(rng, size=16)
     x_u = rng.integers(0, models.VOCAB, size=(40, models.LENGTH)).astype("int32")
     dataset = tf.data.Dataset.from_tensor_slices(x_u).batch(8)
-    model = models.build("functional", dropout=0.2)
-    model.compile(
-        loss="sparse_categorical_crossentropy",
-        optimizer="adam",
-        metrics=["accuracy"],
-        jit_compile=jit_compile,
-    )
+    model = _compiled_with_dropout(jit_compile)
     if jit_compile:
         with pytest.raises(ValueError, match="cannot be read inside an XLA"):
             keras_reg.virtual_adversarial_training(
