@@ -51,6 +51,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import fgm_sentiment  # noqa: E402
 import numpy as np  # noqa: E402
 import sentiment_data  # noqa: E402
 import sentiment_encoder  # noqa: E402
@@ -63,27 +64,19 @@ LABELS = 200
 
 # Everything VAT needs, in one place per model: the keyword arguments of
 # keras_reg.virtual_adversarial_training besides the model and the data.
+_VAT_SETTINGS = {
+    "embedding_name": "Embedding-Token",
+    "perturb": "output",  # the embedded sequence (one vector per position)
+    "norm": "batch",  # epsilon: the norm of the whole batch's perturbation
+    "epsilon": 1.0,
+    "xi": 1.0,
+    "iters": 1,
+    "unlabeled_batch_size": 64,
+    "weight": 1.0,
+}
 VAT = {
-    "cnn": {
-        "embedding_name": "Embedding-Token",
-        "perturb": "output",  # the embedded sequence (one vector per position)
-        "norm": "batch",  # epsilon: the norm of the whole batch's perturbation
-        "epsilon": 10.0,
-        "xi": 1.0,
-        "iters": 1,
-        "unlabeled_batch_size": 64,
-        "weight": 1.0,
-    },
-    "transformer": {
-        "embedding_name": "Embedding-Token",
-        "perturb": "output",
-        "norm": "batch",
-        "epsilon": 1.0,
-        "xi": 1.0,
-        "iters": 1,
-        "unlabeled_batch_size": 64,
-        "weight": 1.0,
-    },
+    "cnn": dict(_VAT_SETTINGS, epsilon=10.0),
+    "transformer": _VAT_SETTINGS,
 }
 FINETUNE = {
     "cnn": {"learning_rate": 1e-3, "epochs": 60, "batch_size": 32, "eval_every": 10},
@@ -97,22 +90,6 @@ FINETUNE = {
 # --quick (CI, <= 3 minutes): one seed and 5 epochs of fine-tuning; the
 # transformer also gets one epoch of MLM pre-training (sentiment_encoder.QUICK).
 QUICK_FINETUNE = {"epochs": 5, "eval_every": 5}
-CNN = {"length": 100, "dim": 64, "filters": 128, "kernel": 3, "dropout": 0.3}
-
-
-def build_cnn(vocab_size, config=CNN):
-    """A character CNN whose embedding layer is named as in bert4keras."""
-    tokens = keras.Input((config["length"],), dtype="int32")
-    h = keras.layers.Embedding(vocab_size, config["dim"], name="Embedding-Token")(
-        tokens
-    )
-    h = keras.layers.Conv1D(
-        config["filters"], config["kernel"], activation="relu", padding="same"
-    )(h)
-    h = keras.layers.GlobalMaxPooling1D()(h)
-    h = keras.layers.Dropout(config["dropout"])(h)
-    outputs = keras.layers.Dense(2, activation="softmax")(h)
-    return keras.Model(tokens, outputs)
 
 
 class TestAccuracy(keras.callbacks.Callback):
@@ -220,9 +197,10 @@ def prepare(name, texts, labels, quick):
     corpus = sentiment_encoder.pretraining_texts(texts, labels, TEST_SIZE)
     if name == "cnn":
         vocabulary = sentiment_data.char_vocabulary(corpus)
-        x = sentiment_data.encode(texts, vocabulary, CNN["length"])
+        x = sentiment_data.encode(texts, vocabulary, fgm_sentiment.LENGTH)
         return (
-            lambda: build_cnn(len(vocabulary) + 2),
+            # The FGM example's character CNN, so the two examples share one model.
+            lambda: fgm_sentiment.build_classifier(len(vocabulary) + 2),
             x,
             "a character CNN trained from scratch",
         )
