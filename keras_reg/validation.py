@@ -108,3 +108,17 @@ def choice(name, value, allowed):
             f"received {name}={value!r}."
         )
     return value
+
+
+def boolean(name, value):
+    """Returns ``value`` after checking it is a bool (not a string such as 'False').
+
+    Raises:
+        ValueError: ``value`` is not ``True`` or ``False``.
+    """
+    if not isinstance(value, bool) and type(value).__name__ != "bool_":
+        raise ValueError(
+            f"`{name}` must be True or False, received {name}={value!r} "
+            f"({type(value).__name__}). Pass {name}=True or {name}=False."
+        )
+    return bool(value)

@@ -279,7 +279,7 @@ def test_dropout_model_trains_with_finite_loss(rng):
     keras_reg.adversarial_training(model, "emb")
     history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
-    assert set(history.history) == {"loss", "accuracy"}
+    assert set(history.history) == {"loss", "accuracy", "adversarial_loss"}
 
 
 # ---- errors: each names the bad value and the fix ------------------------------

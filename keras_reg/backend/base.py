@@ -2,7 +2,8 @@
 
 import abc
 
-from keras_reg.training.interception import transformed_output
+from keras_reg._compat import keras
+from keras_reg.backend.interception import transformed_output
 
 
 class Step(abc.ABC):
@@ -25,7 +26,9 @@ class Step(abc.ABC):
         loss: The ordinary (clean) training loss of the batch.
     """
 
-    def __init__(self, model, recorder, x, y, sample_weight, loss, compute_loss):
+    def __init__(
+        self, model, recorder, x, y, sample_weight, loss, compute_loss, metrics=None
+    ):
         self.model = model
         self.x = x
         self.y = y
@@ -33,6 +36,24 @@ class Step(abc.ABC):
         self.loss = loss
         self._recorder = recorder
         self._compute_loss = compute_loss
+        self._metrics = metrics or {}
+
+    def log(self, name, value):
+        """Adds ``value`` to the ``fit`` log ``name`` (averaged over the epoch).
+
+        Args:
+            name: One of the regulariser's `logged_terms`.
+            value: A scalar tensor; it is not differentiated.
+        """
+        if name not in self._metrics:
+            raise KeyError(
+                f"{name!r} is not one of the regulariser's logged_terms() "
+                f"({', '.join(self._metrics) or 'none'})."
+            )
+        self._metrics[name].update_state(self._constant(value))
+
+    def _constant(self, value):
+        return keras.ops.stop_gradient(keras.ops.cast(value, "float32"))
 
     @abc.abstractmethod
     def loss_gradient(self, variable):

@@ -24,7 +24,22 @@ from typing import NamedTuple, Optional
 import jax
 
 from keras_reg._compat import keras
-from keras_reg.backend import stateless
+from keras_reg.backend import reads, stateless
+from keras_reg.backend.tracking import (
+    attach_metric,
+    detach_metric,
+    quiet_loss_metrics,
+    report_loss,
+)
+
+__all__ = [
+    "Step",
+    "attach_metric",
+    "detach_metric",
+    "quiet_loss_metrics",
+    "report_loss",
+    "step_scope",
+]
 
 
 class Recorder(NamedTuple):
@@ -73,11 +88,24 @@ class Step(stateless.Step):
                 zip(self.model.non_trainable_variables, self._recorder.state[1])
             )
 
+        counts = reads.ReadCounts()
+
         def clean_loss(value):
-            loss = self.pass_loss(values=[(variable, value)], start=start, keep=False)
+            loss = self.pass_loss(
+                values=[(variable, value)],
+                start=start,
+                keep=False,
+                around=reads.recorded_reads(variable, counts=counts),
+            )
             return self.scale_loss(loss)
 
-        return jax.lax.stop_gradient(jax.grad(clean_loss)(variable.value))
+        gradient = jax.grad(clean_loss)(variable.value)
+        if counts.total == 0:
+            raise ValueError(
+                f"The training loss does not depend on variable {variable.name!r}: "
+                "is the layer used by the model's forward pass?"
+            )
+        return jax.lax.stop_gradient(gradient)
 
     def gradient_of(self, function, value):
         return jax.lax.stop_gradient(jax.grad(function)(value))
@@ -93,9 +121,12 @@ class Step(stateless.Step):
         """Returns a JAX key for one draw: the generator's, this step's, this draw's.
 
         The key folds the optimizer's step count and the draw's index within
-        the step into the generator's (never advanced) state.
+        the step into the generator's (never advanced) state. The count is the
+        optimizer's ``iteration`` variable, which advances at every train step
+        (with ``gradient_accumulation_steps``, ``optimizer.iterations`` is a
+        quotient computed from it, not a variable of the step's state).
         """
-        iterations = self.model.optimizer.iterations
+        iterations = _step_counter(self.model.optimizer)
         values = dict((id(v), value) for v, value in self._optimizer_values())
         count = values.get(id(iterations))
         if count is None:
@@ -105,8 +136,36 @@ class Step(stateless.Step):
         self._draws += 1
         return key
 
+    def log(self, name, value):
+        # A custom train step that calls compute_loss outside a StatelessScope
+        # has no place to keep metric updates: there is nothing to log into.
+        metric = self._metrics.get(name)
+        if metric is not None:
+            if stateless._enclosing_value(metric.variables[0]) is None:
+                return
+        super().log(name, value)
+
+    def _state_values(self):
+        state = self._recorder.state
+        if state is None:
+            return []
+        model = self.model
+        return (
+            list(zip(model.trainable_variables, state[0]))
+            + list(zip(model.non_trainable_variables, state[1]))
+            + list(zip(model.metrics_variables, state[3]))
+        )
+
     def _optimizer_values(self):
         """Returns ``(variable, value)`` pairs of the optimizer's state in this step."""
         if self._recorder.state is None:
             return []
         return list(zip(self.model.optimizer.variables, self._recorder.state[2]))
+
+
+def _step_counter(optimizer):
+    """Returns the optimizer's variable counting train steps."""
+    for variable in optimizer.variables:
+        if variable.name == "iteration":
+            return variable
+    return optimizer.iterations

@@ -21,9 +21,16 @@ This module only uses Keras; the framework-specific autodiff lives in
 """
 
 import contextlib
+import weakref
+
+# Private, but the only way to ask which scope a value comes from.
+from keras.src.backend.common.stateless_scope import (
+    get_stateless_scope,
+    in_stateless_scope,
+)
 
 from keras_reg._compat import keras
-from keras_reg.backend import base
+from keras_reg.backend import base, reads, tracking
 
 ops = keras.ops
 
@@ -59,8 +66,15 @@ def _own_losses(model):
             model._losses_override = pinned
 
 
+def _enclosing_value(variable):
+    """The variable's value in the enclosing StatelessScope, else None."""
+    if not in_stateless_scope():
+        return None
+    return get_stateless_scope().get_current_value(variable)
+
+
 @contextlib.contextmanager
-def substituted(model, values=(), start=(), keep_updates=True):
+def substituted(model, values=(), start=(), keep_updates=True, fallback=()):
     """Runs the block with the model's variables read from a nested scope.
 
     Every variable of ``model`` reads its current value (the enclosing scope's,
@@ -74,6 +88,10 @@ def substituted(model, values=(), start=(), keep_updates=True):
         start: ``(variable, value)`` pairs: non-trainable values to start the
             pass from instead of the current ones (JAX: the values before the
             step's own forward pass, so that dropout draws the same mask).
+        fallback: ``(variable, value)`` pairs for the variables that the
+            enclosing scope does not map (JAX: the train step's state, for a
+            custom step that calls ``compute_loss`` outside a scope, where
+            ``fit`` has purged the variables' own values).
         keep_updates: Write the updates made in the block (non-trainable
             state, the compiled loss's per-output trackers) back to the
             variables on exit; otherwise discard them. The substituted values
@@ -83,9 +101,15 @@ def substituted(model, values=(), start=(), keep_updates=True):
         The `keras.StatelessScope`.
     """
     variables = _model_variables(model)
-    mapping = {id(v): (v, v.value) for v in variables}
-    for variable, value in list(start) + list(values):
-        mapping[id(variable)] = (variable, value)
+    given = {id(v): (v, value) for v, value in list(start) + list(values)}
+    backup = {id(v): value for v, value in fallback}
+
+    def current(v):
+        if id(v) in backup and _enclosing_value(v) is None:
+            return backup[id(v)]
+        return v.value
+
+    mapping = {id(v): given.get(id(v)) or (v, current(v)) for v in variables}
     with _own_losses(model):
         with keras.StatelessScope(
             state_mapping=list(mapping.values()), collect_losses=True
@@ -112,12 +136,14 @@ class Step(base.Step):
     def scale_to_norm(self, gradient, epsilon):
         gradient = ops.convert_to_tensor(gradient)
         norm = ops.sqrt(ops.sum(ops.square(gradient)))
+        # A zero or non-finite norm (NaN loss) gives no perturbation at all.
+        usable = ops.logical_and(ops.isfinite(norm), norm > 0)
         scale = ops.divide_no_nan(ops.cast(epsilon, gradient.dtype), norm)
-        return gradient * scale
+        return ops.where(usable, gradient * scale, ops.zeros_like(gradient))
 
     def loss_with_perturbation(self, layer, variable, perturbation):
         perturbation = ops.stop_gradient(perturbation)
-        if self._plain_lookup(layer):
+        if self._plain_lookup(layer, variable):
             # E[ids] + delta[ids]: the same numbers, without a second matrix.
             def add_rows(output, ids):
                 rows = ops.take(perturbation, ops.cast(ids, "int32"), axis=0)
@@ -127,7 +153,9 @@ class Step(base.Step):
         perturbed = ops.add(variable.value, ops.cast(perturbation, variable.dtype))
         return self.pass_loss(values=[(variable, perturbed)])
 
-    def pass_loss(self, values=(), start=(), layer=None, transform=None, keep=True):
+    def pass_loss(
+        self, values=(), start=(), layer=None, transform=None, keep=True, around=None
+    ):
         """Returns the training loss of one extra forward pass on the batch.
 
         Args:
@@ -136,22 +164,44 @@ class Step(base.Step):
             layer: A layer whose output ``transform(output, inputs)`` replaces.
             transform: See ``layer``.
             keep: Keep the pass's non-trainable updates (see `substituted`).
+            around: A context manager entered around the forward pass and its
+                loss, inside the substituted scope (e.g. `reads.recorded_reads`).
         """
-        with substituted(self.model, values, start, keep_updates=keep):
+        fallback = self._state_values()
+        with substituted(self.model, values, start, keep, fallback), (
+            around or contextlib.nullcontext()
+        ):
             y_pred = self.forward(
                 self.x, training=True, layer=layer, transform=transform
             )
-            return self._compute_loss(
-                self.x, self.y, y_pred, self.sample_weight, training=True
-            )
+            with tracking.quiet_loss_metrics(self.model):
+                return self._compute_loss(
+                    self.x, self.y, y_pred, self.sample_weight, training=True
+                )
 
-    def _plain_lookup(self, layer):
-        """Whether the layer's output is ``E[ids]`` and E appears nowhere else.
+    def _state_values(self):
+        """Returns ``(variable, value)`` pairs of the train step's own state."""
+        return []
 
-        An ``embeddings_regularizer`` also reads E, so it takes the
-        substitution path.
+    def _plain_lookup(self, layer, variable):
+        """Whether perturbing the layer's output is perturbing E in every use.
+
+        True when the layer's output is ``E[ids]`` and nothing else reads E in
+        the pass and its loss (a tied output head, an ``embeddings_regularizer``
+        would): found once per layer by a probe pass whose reads of E are
+        counted (`keras_reg.backend.reads`) and whose updates are discarded (on
+        JAX it is traced, then removed by XLA as unused).
         """
-        return (
-            type(layer).call is keras.layers.Embedding.call
-            and getattr(layer, "embeddings_regularizer", None) is None
-        )
+        if type(layer).call is not keras.layers.Embedding.call:
+            return False
+        if layer not in _ONLY_READ_BY_LOOKUP:
+            counts = reads.ReadCounts()
+            self.pass_loss(
+                keep=False, around=reads.recorded_reads(variable, layer, counts)
+            )
+            _ONLY_READ_BY_LOOKUP[layer] = counts.outside == 0
+        return _ONLY_READ_BY_LOOKUP[layer]
+
+
+# Embedding layer -> whether only its own lookup reads its matrix.
+_ONLY_READ_BY_LOOKUP = weakref.WeakKeyDictionary()

@@ -28,7 +28,22 @@ import tensorflow as tf
 
 from keras_reg._compat import keras
 from keras_reg.backend import base
-from keras_reg.training.interception import transformed_output
+from keras_reg.backend.interception import transformed_output
+from keras_reg.backend.tracking import (
+    attach_metric,
+    detach_metric,
+    quiet_loss_metrics,
+    report_loss,
+)
+
+__all__ = [
+    "Step",
+    "attach_metric",
+    "detach_metric",
+    "quiet_loss_metrics",
+    "report_loss",
+    "step_scope",
+]
 
 
 class SparseRows(NamedTuple):
@@ -83,6 +98,9 @@ def sum_repeated_rows(gradient):
 def scale_to_norm(gradient, epsilon, dense):
     """Returns ``epsilon * gradient / ||gradient||`` as `SparseRows` or a tensor.
 
+    Where the norm is 0 or not finite (a NaN or infinite loss) the result is 0:
+    a non-finite direction must not spread into the perturbed pass.
+
     Args:
         gradient: A `tf.Tensor` or `tf.IndexedSlices`.
         epsilon: The norm of the result.
@@ -90,13 +108,15 @@ def scale_to_norm(gradient, epsilon, dense):
     """
     if isinstance(gradient, tf.IndexedSlices) and not dense:
         summed = sum_repeated_rows(gradient)
-        scale = tf.math.divide_no_nan(
-            tf.cast(epsilon, summed.values.dtype), tf.norm(summed.values)
-        )
-        return SparseRows(summed.rows, summed.values * scale)
-    gradient = tf.convert_to_tensor(gradient)
-    scale = tf.math.divide_no_nan(tf.cast(epsilon, gradient.dtype), tf.norm(gradient))
-    return gradient * scale
+        return SparseRows(summed.rows, _scaled(summed.values, epsilon))
+    return _scaled(tf.convert_to_tensor(gradient), epsilon)
+
+
+def _scaled(values, epsilon):
+    norm = tf.norm(values)
+    usable = tf.logical_and(tf.math.is_finite(norm), norm > 0)
+    scale = tf.math.divide_no_nan(tf.cast(epsilon, values.dtype), norm)
+    return tf.where(usable, values * scale, tf.zeros_like(values))
 
 
 def lookup(perturbation, ids):
@@ -161,15 +181,24 @@ def perturbed(variable, perturbation):
 class Step(base.Step):
     """`keras_reg.backend.base.Step` for Keras 3 models on TensorFlow."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._gradients = {}
+
     def loss_gradient(self, variable):
-        loss = self.scale_loss(self.loss)
-        gradient = self._recorder.gradient(loss, raw_variable(variable))
-        if gradient is None:
-            raise ValueError(
-                f"The training loss does not depend on variable {variable.name!r}: "
-                "is the layer used by the model's forward pass?"
-            )
-        return gradient
+        # A tape gives one gradient: keep it for later calls in this step.
+        key = id(variable)
+        if key not in self._gradients:
+            loss = self.scale_loss(self.loss)
+            gradient = self._recorder.gradient(loss, raw_variable(variable))
+            if gradient is None:
+                raise ValueError(
+                    "The training loss does not depend on variable "
+                    f"{variable.name!r}: is the layer used by the model's forward "
+                    "pass?"
+                )
+            self._gradients[key] = gradient
+        return self._gradients[key]
 
     def gradient_of(self, function, value):
         with tf.GradientTape() as tape:
@@ -186,7 +215,7 @@ class Step(base.Step):
 
     def loss_with_perturbation(self, layer, variable, perturbation):
         perturbation = tf.nest.map_structure(tf.stop_gradient, perturbation)
-        if self._plain_lookup(layer):
+        if self._plain_lookup(layer, variable):
 
             def add_rows(output, ids):
                 return output + tf.cast(lookup(perturbation, ids), output.dtype)
@@ -198,14 +227,16 @@ class Step(base.Step):
             y_pred = self.model(self.x, training=True)
             return self._perturbed_loss(y_pred)
 
-    def _plain_lookup(self, layer):
-        """Whether the layer's output is ``E[ids]`` and E appears nowhere else.
+    def _plain_lookup(self, layer, variable):
+        """Whether perturbing the layer's output is perturbing E in every use.
 
-        An ``embeddings_regularizer`` also reads E, so it takes the in-place path.
+        True when the layer's output is ``E[ids]`` and nothing else reads E:
+        then the clean gradient is a `tf.IndexedSlices`. A tied output head or
+        an ``embeddings_regularizer`` also reads E, which makes the gradient
+        dense; those take the in-place path.
         """
-        return (
-            type(layer).call is self._embedding_class().call
-            and getattr(layer, "embeddings_regularizer", None) is None
+        return type(layer).call is self._embedding_class().call and isinstance(
+            self.loss_gradient(variable), tf.IndexedSlices
         )
 
     def _embedding_class(self):
@@ -215,6 +246,7 @@ class Step(base.Step):
         return bool(getattr(self.model, "jit_compile", False))
 
     def _perturbed_loss(self, y_pred):
-        return self._compute_loss(
-            self.x, self.y, y_pred, self.sample_weight, training=True
-        )
+        with quiet_loss_metrics(self.model):
+            return self._compute_loss(
+                self.x, self.y, y_pred, self.sample_weight, training=True
+            )

@@ -19,6 +19,21 @@ import contextlib
 import torch
 
 from keras_reg.backend import stateless
+from keras_reg.backend.tracking import (
+    attach_metric,
+    detach_metric,
+    quiet_loss_metrics,
+    report_loss,
+)
+
+__all__ = [
+    "Step",
+    "attach_metric",
+    "detach_metric",
+    "quiet_loss_metrics",
+    "report_loss",
+    "step_scope",
+]
 
 
 class Recorder:

@@ -14,7 +14,7 @@ References:
 from keras_reg.training import step as step_module
 from keras_reg.training.embedding import embedding_matrix, find_embedding_layer
 from keras_reg.training.regularizer import TrainingRegularizer, register
-from keras_reg.validation import check_options, positive_number
+from keras_reg.validation import boolean, check_options, positive_number
 
 
 @register
@@ -27,6 +27,8 @@ class FGM(TrainingRegularizer):
 
         delta = epsilon * g / ||g||_F        (norm over the whole matrix)
 
+    (no perturbation where ||g|| is 0 or not finite: a NaN batch perturbs
+    nothing)
     and applies the optimizer, to the unperturbed weights, the gradients of
     L(E + delta) with respect to all trainable weights (E included). With
     ``add_clean_loss=True`` it uses the gradients of L(E) + L(E + delta)
@@ -34,7 +36,9 @@ class FGM(TrainingRegularizer):
 
     The perturbed pass is a second ordinary training forward pass: like the
     clean one it draws its own dropout mask and updates BatchNormalization
-    statistics. The loss ``fit`` reports is the loss being optimized.
+    statistics. Every reader of E sees E + delta: a tied output head too. The
+    loss ``fit`` reports is the loss being optimized; ``adversarial_loss``
+    in the logs is L(E + delta).
 
     Args:
         embedding_name: Name of the embedding layer, e.g. ``'Embedding-Token'``
@@ -57,10 +61,20 @@ class FGM(TrainingRegularizer):
             )
         self.embedding_name = embedding_name
         self.epsilon = positive_number("epsilon", epsilon, example=1.0)
-        self.add_clean_loss = bool(add_clean_loss)
+        self.add_clean_loss = boolean("add_clean_loss", add_clean_loss)
 
     def validate(self, model):
         find_embedding_layer(model, self.embedding_name)
+        if getattr(model, "loss", None) is None:
+            raise ValueError(
+                f"FGM needs the model's training loss, but model {model.name!r} "
+                "was compiled without one. Compile with a loss, e.g. "
+                "`model.compile(optimizer='adam', "
+                "loss='sparse_categorical_crossentropy')`."
+            )
+
+    def logged_terms(self):
+        return ("adversarial_loss",)
 
     def watched_variables(self, model):
         return [self._matrix(model)]
@@ -72,6 +86,7 @@ class FGM(TrainingRegularizer):
         gradient = step.loss_gradient(matrix)
         delta = step.scale_to_norm(gradient, self.epsilon)
         adversarial = step.loss_with_perturbation(layer, matrix, delta)
+        step.log("adversarial_loss", adversarial)
         return step.loss + adversarial if self.add_clean_loss else adversarial
 
     def _matrix(self, model):

@@ -12,6 +12,31 @@ def _all_layers(model):
         yield from _all_layers(layer)
 
 
+def _named_paths(model, name):
+    """Returns the paths (``outer/inner/name``) of the distinct layers called ``name``.
+
+    A layer shared by several parents is one layer: it is listed once.
+    """
+    paths, seen = [], set()
+
+    def walk(layer, prefix):
+        flatten = getattr(layer, "_flatten_layers", None)
+        children = (
+            flatten(include_self=False, recursive=False)
+            if flatten is not None
+            else getattr(layer, "layers", [])
+        )
+        for child in children:
+            path = f"{prefix}/{child.name}" if prefix else child.name
+            if child.name == name and id(child) not in seen:
+                seen.add(id(child))
+                paths.append(path)
+            walk(child, path)
+
+    walk(model, model.name)
+    return paths
+
+
 def _matrix_of(layer):
     """Returns the layer's 2-D ``embeddings`` variable, or None."""
     matrix = getattr(layer, "embeddings", None)
@@ -42,8 +67,9 @@ def find_embedding_layer(model, layer_name):
         so a subclassed model may be installed on before it is built.
 
     Raises:
-        ValueError: No layer has that name, or the (built) layer has no embedding
-            matrix. The message lists the layers that do have one.
+        ValueError: No layer has that name, several different layers do (the
+            message lists their paths), or the (built) layer has no embedding
+            matrix (the message lists the layers that do have one).
     """
     layers = [layer for layer in _all_layers(model) if layer.name == layer_name]
     candidates = embedding_layer_names(model)
@@ -53,6 +79,15 @@ def find_embedding_layer(model, layer_name):
             f"No layer named {layer_name!r} in model {model.name!r}. "
             f"Layers with an embedding matrix: {listing}. "
             "Pass one of those names."
+        )
+    distinct = {id(layer): layer for layer in layers}
+    if len(distinct) > 1:
+        paths = ", ".join(repr(p) for p in _named_paths(model, layer_name))
+        raise ValueError(
+            f"{len(distinct)} different layers of model {model.name!r} are named "
+            f"{layer_name!r}: {paths}. keras_reg cannot tell which one to use. "
+            "Give the embedding layer a unique name, e.g. "
+            "`keras.layers.Embedding(..., name='Embedding-Token')`."
         )
     layer = layers[0]
     if getattr(layer, "built", True):

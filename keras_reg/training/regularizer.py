@@ -27,6 +27,14 @@ class TrainingRegularizer(abc.ABC):
         """
         del model
 
+    def logged_terms(self):
+        """Returns the names of the terms the regulariser logs with ``step.log``.
+
+        Each appears in ``fit``'s logs and progress bar (e.g. ``vat_loss``),
+        averaged over the epoch, on every framework.
+        """
+        return ()
+
     def watched_variables(self, model):
         """Returns the variables whose clean-loss gradient the step must record."""
         del model

@@ -1,17 +1,27 @@
 """The one place that installs a regularised training step on a compiled model.
 
-Installing sets two instance attributes on the model, leaving its class alone:
+Installing sets three instance attributes on the model, leaving its class alone:
 
 - ``train_step``: enters the backend's step scope (a gradient tape that
   records the forward pass on TensorFlow; the step's state on JAX), then runs
   the model's own ``train_step``;
 - ``compute_loss``: computes the model's own loss, then, once per training step,
-  hands it to the regulariser, whose returned loss is what the step optimizes.
+  hands it to the regulariser, whose returned loss is what the step optimizes;
+- ``get_metrics_result``: the model's own, without the regulariser's logged
+  terms outside a training step (``evaluate`` does not report them).
 
 Everything else -- metrics, sample weights, loss scaling, the optimizer,
-distribution -- stays the framework's own code. The cached train function is
-reset so that the next ``fit`` traces the new step (Keras 3 binds
-``train_step`` when it builds the function).
+distribution -- stays the framework's own code. The terms a regulariser logs
+(`TrainingRegularizer.logged_terms`, e.g. ``vat_loss``) are ``Mean`` metrics
+attached to the model, so they appear in ``fit``'s logs and progress bar and
+are reset every epoch like the model's own. The cached train function is reset
+so that the next ``fit`` traces the new step (Keras 3 binds ``train_step``
+when it builds the function).
+
+A model's own ``train_step`` may be custom: it must call
+``self.compute_loss(...)`` (the Keras guide's pattern, with or without ``x``:
+a missing ``x`` is taken from the step's data); one that never does is
+refused at its first step, since the regulariser would silently not run.
 """
 
 import inspect
@@ -19,8 +29,10 @@ import types
 import warnings
 
 from keras_reg import backend
+from keras_reg._compat import keras
+from keras_reg.training.regularizer import TrainingRegularizer
 
-_ATTRIBUTES = ("train_step", "compute_loss")
+_ATTRIBUTES = ("train_step", "compute_loss", "get_metrics_result")
 
 
 class _Installation:
@@ -33,10 +45,17 @@ class _Installation:
         self.saved = {name: model.__dict__.get(name) for name in _ATTRIBUTES}
         self.plain_train_step = self._plain("train_step")
         self.plain_compute_loss = self._plain("compute_loss")
+        self.plain_get_metrics_result = self._plain("get_metrics_result")
         self.loss_parameters = list(
             inspect.signature(self.plain_compute_loss).parameters
         )
+        self.metrics = {
+            name: self.backend.attach_metric(model, name)
+            for name in regularizer.logged_terms()
+        }
         self.recorder = None
+        self.data = None
+        self.training = False
 
     def _plain(self, name):
         """Returns the model's own method: an instance override, else its class's."""
@@ -44,14 +63,38 @@ class _Installation:
             return self.saved[name]
         return types.MethodType(getattr(type(self.model), name), self.model)
 
+    def detach(self):
+        """Removes the logged-term metrics from the model."""
+        for metric in self.metrics.values():
+            self.backend.detach_metric(self.model, metric)
+
     def train_step(self, *args, **kwargs):
         variables = self.regularizer.watched_variables(self.model)
+        # Keras's steps take the batch as their last positional argument:
+        # train_step(data) on TensorFlow/torch, train_step(state, data) on JAX.
+        self.data = kwargs.get("data", args[-1] if args else None)
         with self.backend.step_scope(self.model, variables, args) as recorder:
             self.recorder = recorder
+            self.training = True
             try:
-                return self.plain_train_step(*args, **kwargs)
+                logs = self.plain_train_step(*args, **kwargs)
+                if self.recorder is not None:
+                    raise RuntimeError(_NO_COMPUTE_LOSS.format(
+                        model=self.model.name, regularizer=self.regularizer
+                    ))
+                return logs
             finally:
                 self.recorder = None
+                self.data = None
+                self.training = False
+
+    def get_metrics_result(self):
+        # The logged terms belong to training: evaluate() does not report them.
+        results = self.plain_get_metrics_result()
+        if not self.training:
+            for name in self.metrics:
+                results.pop(name, None)
+        return results
 
     def compute_loss(self, *args, **kwargs):
         recorder, self.recorder = self.recorder, None
@@ -59,19 +102,27 @@ class _Installation:
             # Evaluation, predict, or a second call in one step.
             return self.plain_compute_loss(*args, **kwargs)
         bound = dict(zip(self.loss_parameters, args), **kwargs)
-        loss = self._clean_loss(args, kwargs)
+        x = bound.get("x")
+        if x is None and "x" in self.loss_parameters:
+            # The Keras guide's custom train_step: compute_loss(y=, y_pred=).
+            x = _inputs_of(self.data)
+            bound["x"] = x
+        loss = self._clean_loss(bound)
         step = self.backend.Step(
             model=self.model,
             recorder=recorder,
-            x=bound.get("x"),
+            x=x,
             y=bound.get("y"),
             sample_weight=bound.get("sample_weight"),
             loss=loss,
             compute_loss=self.plain_compute_loss,
+            metrics=self.metrics,
         )
-        return self.regularizer.regularized_loss(step)
+        total = self.regularizer.regularized_loss(step)
+        self.backend.report_loss(self.model, total, x)
+        return total
 
-    def _clean_loss(self, args, kwargs):
+    def _clean_loss(self, bound):
         """The model's own loss; only its added losses if compiled without one.
 
         A model compiled with no loss (the source's VAT set-up: unlabelled data
@@ -80,7 +131,34 @@ class _Installation:
         if getattr(self.model, "loss", None) is None:
             losses = list(self.model.losses)
             return sum(losses) if losses else 0.0
-        return self.plain_compute_loss(*args, **kwargs)
+        with self.backend.quiet_loss_metrics(self.model, keep_per_output=True):
+            return self.plain_compute_loss(**bound)
+
+
+_NO_COMPUTE_LOSS = (
+    "The train_step of model {model!r} never called `self.compute_loss(...)`, "
+    "so {regularizer!r} could not act: keras_reg regularises the loss that "
+    "`compute_loss` returns. In a custom train_step, compute the loss with "
+    "`loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sw)` "
+    "(Keras 3) or `self.compute_loss(x, y, y_pred, sw)` (tf_keras) instead of "
+    "calling the loss function directly."
+)
+
+
+def _inputs_of(data):
+    """Returns the inputs of a batch: ``x`` of ``(x,)``, ``(x, y)`` or ``(x, y, w)``."""
+    if data is None:
+        return None
+    x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+    return x
+
+
+def _check_model(model, action):
+    if not hasattr(model, "train_step") or not hasattr(model, "compile"):
+        raise ValueError(
+            f"{action} expects a Keras model, received {model!r} "
+            f"({type(model).__name__})."
+        )
 
 
 def _check_compiled(model):
@@ -92,35 +170,71 @@ def _check_compiled(model):
         )
 
 
+def check_regularizer(regularizer):
+    """Raises a TypeError naming the fix unless ``regularizer`` is an instance."""
+    if isinstance(regularizer, TrainingRegularizer):
+        return
+    if isinstance(regularizer, type) and issubclass(regularizer, TrainingRegularizer):
+        raise TypeError(
+            f"Expected a regulariser instance, received the class "
+            f"{regularizer.__name__}. Create one first, e.g. "
+            f"`{regularizer.__name__}(...)` with its arguments."
+        )
+    raise TypeError(
+        "Expected a keras_reg.TrainingRegularizer instance (e.g. "
+        "`keras_reg.FGM('Embedding-Token', epsilon=1.0)`), received "
+        f"{regularizer!r} ({type(regularizer).__name__})."
+    )
+
+
+def _check_framework_options(model):
+    if backend.framework(model) == "torch" and getattr(model, "jit_compile", False):
+        raise ValueError(
+            f"Model {model.name!r} was compiled with jit_compile=True on the torch "
+            "backend (torch.compile). keras_reg's regularised steps take extra "
+            "gradients inside the step, which torch.compile does not trace. "
+            "Compile with jit_compile=False (the torch default)."
+        )
+
+
 def _reset_train_function(model):
     if hasattr(model, "train_function"):
         model.train_function = None
 
 
+def _installation(model):
+    installation = getattr(model.__dict__.get("train_step"), "__self__", None)
+    return installation if isinstance(installation, _Installation) else None
+
+
 def installed_regularizer(model):
     """Returns the regulariser installed on ``model``, or None."""
-    installation = getattr(model.__dict__.get("train_step"), "__self__", None)
-    if isinstance(installation, _Installation):
-        return installation.regularizer
-    return None
+    installation = _installation(model)
+    return installation.regularizer if installation is not None else None
 
 
 def install(model, regularizer):
     """Installs ``regularizer`` on a compiled ``model`` and returns the model.
 
     A regulariser already installed is replaced (with a warning), never stacked.
+    A regulariser is not saved with the model: after ``keras.models.load_model``
+    install it again.
 
     Args:
         model: A compiled Keras 3 or tf_keras model.
-        regularizer: A `keras_reg.training.TrainingRegularizer`.
+        regularizer: A `keras_reg.training.TrainingRegularizer` instance.
 
     Returns:
         ``model``, now training with ``regularizer``.
 
     Raises:
+        TypeError: ``regularizer`` is not a regulariser instance.
         ValueError: The model is not compiled, or does not suit the regulariser.
     """
+    _check_model(model, "install_regularizer()")
+    check_regularizer(regularizer)
     _check_compiled(model)
+    _check_framework_options(model)
     regularizer.validate(model)
     previous = installed_regularizer(model)
     if previous is not None:
@@ -145,13 +259,15 @@ def remove(model):
     Returns:
         ``model``.
     """
-    installation = getattr(model.__dict__.get("train_step"), "__self__", None)
-    if not isinstance(installation, _Installation):
+    _check_model(model, "remove_regularization()")
+    installation = _installation(model)
+    if installation is None:
         return model
     for name, original in installation.saved.items():
         if original is None:
             delattr(model, name)
         else:
             setattr(model, name, original)
+    installation.detach()
     _reset_train_function(model)
     return model

@@ -1,0 +1,105 @@
+"""What ``fit`` logs during a regularised step (Keras 3).
+
+A regulariser's own terms appear in ``fit``'s logs as metrics; the compiled
+loss's own trackers count only the step's clean pass.
+
+A ``keras.metrics.Mean`` assigned as an attribute of the model is tracked by
+it: ``model.metrics`` lists it, so ``fit`` resets it every epoch and reports
+its result beside ``loss``, and on JAX its variables are part of the train
+step's state (updates made inside ``compute_loss`` are kept). Removing it uses
+Keras's tracker, since deleting the attribute does not untrack it.
+"""
+
+import contextlib
+
+from keras_reg._compat import keras
+
+_PREFIX = "_keras_reg_term_"
+
+
+def attach_metric(model, name, mean_class=None):
+    """Attaches a ``Mean`` metric called ``name`` to ``model`` and returns it.
+
+    Args:
+        model: The model being trained.
+        name: The log key, e.g. ``'vat_loss'``.
+        mean_class: The framework's ``Mean`` class (default: Keras 3's).
+    """
+    metric = (mean_class or keras.metrics.Mean)(name=name)
+    # A built Keras 3 layer locks its tracker against new state: a metric is
+    # not model state (it is never saved), so let this one in.
+    tracker = getattr(model, "_tracker", None)
+    locked = getattr(tracker, "locked", False)
+    if locked:
+        tracker.unlock()
+    try:
+        setattr(model, _PREFIX + name, metric)
+    finally:
+        if locked:
+            tracker.lock()
+    return metric
+
+
+def detach_metric(model, metric):
+    """Removes a metric attached by `attach_metric` from ``model``."""
+    tracker = getattr(model, "_tracker", None)
+    if tracker is not None:
+        tracker.untrack(metric)
+    else:  # tf_keras keeps attribute-assigned metrics in a plain list.
+        model._metrics[:] = [m for m in model._metrics if m is not metric]
+    attribute = _PREFIX + metric.name
+    if attribute in model.__dict__:
+        object.__delattr__(model, attribute)
+
+
+def _loss_trackers(model):
+    """Returns the per-output loss trackers of Keras 3's compiled loss."""
+    compiled = getattr(model, "_compile_loss", None)
+    return list(getattr(compiled, "metrics", None) or [])
+
+
+@contextlib.contextmanager
+def quiet_loss_metrics(model, keep_per_output=False):
+    """Keeps the block's ``compute_loss`` calls from updating the loss trackers.
+
+    An extra forward pass (FGM's perturbed pass) calls the compiled loss again;
+    its per-output losses must not be averaged into the logs of the clean pass.
+    Keras 3 updates the total ``loss`` tracker in its train step, with the loss
+    the regulariser returns, so only the per-output trackers are concerned.
+
+    Args:
+        model: The model being trained.
+        keep_per_output: Leave the per-output trackers alone (the clean pass).
+    """
+    trackers = [] if keep_per_output else _loss_trackers(model)
+    with quiet(trackers):
+        yield
+
+
+@contextlib.contextmanager
+def quiet(metrics):
+    """Makes ``update_state`` of each metric a no-op inside the block.
+
+    tf_keras metrics hold a wrapped ``update_state`` in their instance
+    dictionary: it is put back as it was.
+    """
+    saved = [metric.__dict__.get("update_state") for metric in metrics]
+    for metric in metrics:
+        object.__setattr__(metric, "update_state", _no_update)
+    try:
+        yield
+    finally:
+        for metric, own in zip(metrics, saved):
+            if own is None:
+                object.__delattr__(metric, "update_state")
+            else:
+                object.__setattr__(metric, "update_state", own)
+
+
+def _no_update(*args, **kwargs):
+    del args, kwargs
+
+
+def report_loss(model, loss, x):
+    """Records the optimized loss in ``fit``'s logs (Keras 3's step does it)."""
+    del model, loss, x
