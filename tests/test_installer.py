@@ -371,3 +371,23 @@ def test_torch_jit_compile_is_refused_at_install():
     model.jit_compile = True
     with pytest.raises(ValueError, match="jit_compile=False"):
         keras_reg.adversarial_training(model, "emb")
+
+
+@pytest.mark.backends("tensorflow")
+def test_tf_keras_model_outside_a_bert4keras_process_needs_tf_keras_scope(rng):
+    import tf_keras
+
+    inputs = tf_keras.Input((models.LENGTH,), dtype="int32")
+    h = tf_keras.layers.Embedding(models.VOCAB, models.DIM, name="emb")(inputs)
+    h = tf_keras.layers.GlobalAveragePooling1D()(h)
+    model = tf_keras.Model(inputs, tf_keras.layers.Dense(models.CLASSES)(h))
+    model.compile(loss="mse", optimizer="sgd")
+    x, y, _ = models.batch(rng)
+    targets = np.eye(models.CLASSES)[y]
+    keras3_scope = keras_reg.callbacks.RegularizationScope(keras_reg.FGM("emb"))
+    with pytest.raises(TypeError, match="tf_keras_scope"):
+        model.fit(x, targets, verbose=0, callbacks=[keras3_scope])
+    scope = keras_reg.callbacks.tf_keras_scope(keras_reg.FGM("emb"))
+    history = model.fit(x, targets, verbose=0, callbacks=[scope]).history
+    assert "adversarial_loss" in history
+    assert keras_reg.installed_regularizer(model) is None
