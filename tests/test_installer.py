@@ -391,3 +391,16 @@ def test_tf_keras_model_outside_a_bert4keras_process_needs_tf_keras_scope(rng):
     history = model.fit(x, targets, verbose=0, callbacks=[scope]).history
     assert "adversarial_loss" in history
     assert keras_reg.installed_regularizer(model) is None
+
+
+def test_vat_with_gradient_accumulation(rng):
+    """Crashed on JAX: the seed read optimizer.iterations, a quotient there."""
+    model = models.build("functional")
+    optimizer = keras.optimizers.SGD(0.1, gradient_accumulation_steps=2)
+    model.compile(loss="sparse_categorical_crossentropy", optimizer=optimizer)
+    unlabeled = rng.integers(0, models.VOCAB, (16, models.LENGTH))
+    keras_reg.virtual_adversarial_training(model, "emb", unlabeled=unlabeled, seed=0)
+    x, y, _ = models.batch(rng, size=8)
+    history = model.fit(x, y, batch_size=2, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][0])
+    assert int(keras.ops.convert_to_numpy(optimizer.iterations)) == 2
