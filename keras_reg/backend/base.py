@@ -23,15 +23,26 @@ class Step(abc.ABC):
         x: The batch's inputs.
         y: The batch's targets.
         sample_weight: The batch's sample weights, or None.
+        y_pred: The model's output on ``x`` in the step's own forward pass.
         loss: The ordinary (clean) training loss of the batch.
     """
 
     def __init__(
-        self, model, recorder, x, y, sample_weight, loss, compute_loss, metrics=None
+        self,
+        model,
+        recorder,
+        x,
+        y,
+        sample_weight,
+        loss,
+        compute_loss,
+        metrics=None,
+        y_pred=None,
     ):
         self.model = model
         self.x = x
         self.y = y
+        self.y_pred = y_pred
         self.sample_weight = sample_weight
         self.loss = loss
         self._recorder = recorder

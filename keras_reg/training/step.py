@@ -114,6 +114,7 @@ class _Installation:
             x=x,
             y=bound.get("y"),
             sample_weight=bound.get("sample_weight"),
+            y_pred=bound.get("y_pred"),
             loss=loss,
             compute_loss=self.plain_compute_loss,
             metrics=self.metrics,
