@@ -11,9 +11,13 @@ from keras_reg import callbacks, losses, metrics
 from keras_reg.training import (
     FGM,
     VAT,
+    GradientPenalty,
+    ParameterGradientPenalty,
     TrainingRegularizer,
     adversarial_training,
+    gradient_penalty,
     installed_regularizer,
+    parameter_gradient_penalty,
     virtual_adversarial_training,
 )
 from keras_reg.training import install as install_regularizer
@@ -23,14 +27,18 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FGM",
+    "GradientPenalty",
+    "ParameterGradientPenalty",
     "TrainingRegularizer",
     "VAT",
     "adversarial_training",
     "callbacks",
+    "gradient_penalty",
     "install_regularizer",
     "installed_regularizer",
     "losses",
     "metrics",
+    "parameter_gradient_penalty",
     "remove_regularization",
     "virtual_adversarial_training",
 ]

@@ -5,6 +5,23 @@ import abc
 from keras_reg._compat import keras
 from keras_reg.backend.interception import transformed_output
 
+NO_LOOKUP = (
+    "Layer {name!r} did not look anything up in the step's forward pass (no "
+    "call mapping token ids to vectors), so there is no embedding output to "
+    "differentiate. Is it the embedding layer the model's inputs go through?"
+)
+
+
+def is_lookup(output, inputs):
+    """Whether a layer call mapped ids to vectors: one more axis out than in.
+
+    bert4keras's ``Embedding`` is also called as an output head on hidden
+    states (same rank in and out); token ids may arrive as floats (a tf_keras
+    ``Input`` is float32 by default).
+    """
+    in_shape = getattr(inputs, "shape", None)
+    return in_shape is not None and len(output.shape) == len(in_shape) + 1
+
 
 class Step(abc.ABC):
     """One training step, as seen by a `keras_reg.training.TrainingRegularizer`.
@@ -100,6 +117,48 @@ class Step(abc.ABC):
         The returned loss is differentiable with respect to every trainable
         weight, at the perturbed point; ``perturbation`` is a constant.
         """
+
+    @abc.abstractmethod
+    def penalty_gradients(self, variables):
+        """Returns dL/dv for each variable, for use inside the loss (double backprop).
+
+        Unlike `loss_gradient`, the result is not a constant: a penalty built
+        from it (e.g. its squared norm) is differentiated by the step, second
+        derivatives included. Taken of the scaled loss, then divided by the
+        loss scale (mixed precision), so squaring it is safe; a non-finite
+        gradient makes the penalty, hence the step's loss, non-finite, and a
+        ``LossScaleOptimizer`` skips the step.
+
+        Args:
+            variables: Variables the regulariser declared as watched.
+
+        Returns:
+            A list of gradients (a `tf.IndexedSlices` on TensorFlow for an
+            embedding matrix; None for a variable the loss does not use).
+        """
+
+    @abc.abstractmethod
+    def output_gradients(self, layer):
+        """Returns dL/d(output) for each lookup of ``layer`` in the step's pass.
+
+        The outputs are those of the layer's lookups (`is_lookup`) in the
+        step's own forward pass (one tensor per call: a shared embedding called
+        on two inputs gives two): for an embedding layer, one gradient per token
+        occurrence. Differentiable and unscaled, as `penalty_gradients`.
+
+        Args:
+            layer: A layer the regulariser declared in ``watched_outputs``.
+        """
+
+    def squared_norm(self, gradient):
+        """Returns the float32 sum of squares of ``gradient`` (0 for None).
+
+        A sparse gradient's repeated rows are summed first, so the result is
+        the squared Frobenius norm of the dense gradient.
+        """
+        if gradient is None:
+            return keras.ops.zeros((), "float32")
+        return keras.ops.sum(keras.ops.square(keras.ops.cast(gradient, "float32")))
 
     @abc.abstractmethod
     def gradient_of(self, function, value):

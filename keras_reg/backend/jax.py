@@ -24,7 +24,7 @@ from typing import NamedTuple, Optional
 import jax
 
 from keras_reg._compat import keras
-from keras_reg.backend import reads, stateless
+from keras_reg.backend import base, reads, stateless
 from keras_reg.backend.tracking import (
     attach_metric,
     detach_metric,
@@ -54,20 +54,22 @@ class Recorder(NamedTuple):
 
 
 @contextlib.contextmanager
-def step_scope(model, variables, step_args=()):
+def step_scope(model, variables, step_args=(), layers=()):
     """Keeps the train step's state argument for the step's regulariser.
 
     Args:
         model: The model being trained (unused here; part of the interface).
         variables: The variables regularisers differentiate with respect to
             (unused: JAX recomputes, it does not record).
+        layers: Layers whose outputs regularisers differentiate with respect
+            to (unused, likewise).
         step_args: The positional arguments of ``train_step``:
             ``(state, data)`` for Keras's JAX trainer.
 
     Yields:
         A `Recorder`.
     """
-    del model, variables
+    del model, variables, layers
     state = step_args[0] if step_args else None
     if not (isinstance(state, (tuple, list)) and len(state) == 4):
         state = None
@@ -81,12 +83,14 @@ class Step(stateless.Step):
         super().__init__(*args, **kwargs)
         self._draws = 0
 
+    def _start_values(self):
+        """The non-trainable values before the trainer's pass (same dropout mask)."""
+        if self._recorder.state is None:
+            return []
+        return list(zip(self.model.non_trainable_variables, self._recorder.state[1]))
+
     def loss_gradient(self, variable):
-        start = []
-        if self._recorder.state is not None:
-            start = list(
-                zip(self.model.non_trainable_variables, self._recorder.state[1])
-            )
+        start = self._start_values()
 
         counts = reads.ReadCounts()
 
@@ -106,6 +110,53 @@ class Step(stateless.Step):
                 "is the layer used by the model's forward pass?"
             )
         return jax.lax.stop_gradient(gradient)
+
+    def penalty_gradients(self, variables):
+        start = self._start_values()
+
+        def scaled_loss(values):
+            loss = self.pass_loss(
+                values=list(zip(variables, values)), start=start, keep=False
+            )
+            return self.scale_loss(loss)
+
+        gradients = jax.grad(scaled_loss)([v.value for v in variables])
+        return [self._unscaled(g) for g in gradients]
+
+    def output_gradients(self, layer):
+        start = self._start_values()
+        lookups = []
+
+        def record(output, inputs):
+            if base.is_lookup(output, inputs):
+                lookups.append(jax.ShapeDtypeStruct(output.shape, output.dtype))
+            return output
+
+        # The shapes of the layer's outputs, from an abstract pass.
+        jax.eval_shape(
+            lambda: self.pass_loss(
+                start=start, keep=False, layer=layer, transform=record
+            )
+        )
+        if not lookups:
+            raise ValueError(base.NO_LOOKUP.format(name=layer.name))
+
+        def scaled_loss(deltas):
+            pending = list(deltas)
+
+            def add(output, inputs):
+                if base.is_lookup(output, inputs):
+                    return output + pending.pop(0)
+                return output
+
+            loss = self.pass_loss(start=start, keep=False, layer=layer, transform=add)
+            return self.scale_loss(loss)
+
+        zeros = [jax.numpy.zeros(s.shape, s.dtype) for s in lookups]
+        return [self._unscaled(g) for g in jax.grad(scaled_loss)(zeros)]
+
+    def _unscaled(self, gradient):
+        return gradient / self.scale_loss(jax.numpy.ones((), gradient.dtype))
 
     def gradient_of(self, function, value):
         return jax.lax.stop_gradient(jax.grad(function)(value))

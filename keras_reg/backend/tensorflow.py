@@ -53,24 +53,58 @@ class SparseRows(NamedTuple):
     values: tf.Tensor
 
 
+class Recorder:
+    """The tape recording one train step, and the layer outputs it watches.
+
+    Attributes:
+        tape: A `tf.GradientTape` opened around the whole train step. Keras's
+            own tape opens inside it, so gradients taken from this tape inside
+            ``compute_loss`` are recorded by Keras's tape: a penalty built from
+            them is differentiated by the step (double backprop).
+        outputs: Layer id -> the outputs of that layer's lookups (see
+            `base.is_lookup`) in the step's forward pass, each watched.
+    """
+
+    def __init__(self, tape, layers):
+        self.tape = tape
+        self.outputs = {id(layer): [] for layer in layers}
+
+    def capture(self, layer):
+        """Returns a `transformed_output` transform that watches the layer's output."""
+        outputs = self.outputs[id(layer)]
+
+        def watch(output, inputs):
+            if base.is_lookup(output, inputs):
+                self.tape.watch(output)
+                outputs.append(output)
+            return output
+
+        return watch
+
+
 @contextlib.contextmanager
-def step_scope(model, variables, step_args=()):
+def step_scope(model, variables, step_args=(), layers=()):
     """Records the train step's forward pass for gradients w.r.t. ``variables``.
 
     Args:
         model: The model being trained (unused here; part of the interface).
         variables: The variables regularisers will differentiate with respect to.
         step_args: The positional arguments of ``train_step`` (unused here).
+        layers: Layers whose lookup outputs regularisers differentiate with
+            respect to (`Step.output_gradients`).
 
     Yields:
-        The `tf.GradientTape` recording the step.
+        A `Recorder`.
     """
     del model, step_args
     tape = tf.GradientTape(watch_accessed_variables=False)
-    with tape:
+    recorder = Recorder(tape, layers)
+    with tape, contextlib.ExitStack() as stack:
         for variable in variables:
             tape.watch(raw_variable(variable))
-        yield tape
+        for layer in layers:
+            stack.enter_context(transformed_output(layer, recorder.capture(layer)))
+        yield recorder
 
 
 def raw_variable(variable):
@@ -190,7 +224,7 @@ class Step(base.Step):
         key = id(variable)
         if key not in self._gradients:
             loss = self.scale_loss(self.loss)
-            gradient = self._recorder.gradient(loss, raw_variable(variable))
+            gradient = self._recorder.tape.gradient(loss, raw_variable(variable))
             if gradient is None:
                 raise ValueError(
                     "The training loss does not depend on variable "
@@ -199,6 +233,43 @@ class Step(base.Step):
                 )
             self._gradients[key] = gradient
         return self._gradients[key]
+
+    def penalty_gradients(self, variables):
+        loss = self.scale_loss(self.loss)
+        gradients = self._recorder.tape.gradient(
+            loss, [raw_variable(v) for v in variables]
+        )
+        return [self._unscaled(g) for g in gradients]
+
+    def output_gradients(self, layer):
+        outputs = self._recorder.outputs[id(layer)]
+        if not outputs:
+            raise ValueError(base.NO_LOOKUP.format(name=layer.name))
+        loss = self.scale_loss(self.loss)
+        gradients = self._recorder.tape.gradient(loss, outputs)
+        return [self._unscaled(g) for g in gradients]
+
+    def squared_norm(self, gradient):
+        if gradient is None:
+            return tf.constant(0.0)
+        if isinstance(gradient, tf.IndexedSlices):
+            values = (
+                tf.convert_to_tensor(gradient)
+                if self._dense()
+                else sum_repeated_rows(gradient).values
+            )
+        else:
+            values = gradient
+        return tf.reduce_sum(tf.square(tf.cast(values, tf.float32)))
+
+    def _unscaled(self, gradient):
+        if gradient is None:
+            return None
+        factor = self.scale_loss(tf.constant(1.0))
+        if isinstance(gradient, tf.IndexedSlices):
+            values = gradient.values / tf.cast(factor, gradient.values.dtype)
+            return tf.IndexedSlices(values, gradient.indices, gradient.dense_shape)
+        return gradient / tf.cast(factor, gradient.dtype)
 
     def gradient_of(self, function, value):
         with tf.GradientTape() as tape:

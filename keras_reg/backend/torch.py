@@ -18,7 +18,8 @@ import contextlib
 
 import torch
 
-from keras_reg.backend import stateless
+from keras_reg.backend import base, stateless
+from keras_reg.backend.interception import transformed_output
 from keras_reg.backend.tracking import (
     attach_metric,
     detach_metric,
@@ -37,17 +38,40 @@ __all__ = [
 
 
 class Recorder:
-    """Marks a training step in progress (torch records on its own)."""
+    """The layer outputs a training step watches (torch records on its own).
+
+    Attributes:
+        outputs: Layer id -> the outputs of that layer's lookups
+            (`base.is_lookup`) in the step's forward pass.
+    """
+
+    def __init__(self, layers=()):
+        self.outputs = {id(layer): [] for layer in layers}
+
+    def capture(self, layer):
+        """Returns a `transformed_output` transform keeping the layer's output."""
+        outputs = self.outputs[id(layer)]
+
+        def keep(output, inputs):
+            if base.is_lookup(output, inputs):
+                if not output.requires_grad:  # a frozen embedding
+                    output = output.detach().requires_grad_(True)
+                outputs.append(output)
+            return output
+
+        return keep
 
 
 @contextlib.contextmanager
-def step_scope(model, variables, step_args=()):
+def step_scope(model, variables, step_args=(), layers=()):
     """Makes frozen ``variables`` differentiable for the duration of one step.
 
     Args:
         model: The model being trained (unused here; part of the interface).
         variables: The variables regularisers differentiate with respect to.
         step_args: The positional arguments of ``train_step`` (unused).
+        layers: Layers whose lookup outputs regularisers differentiate with
+            respect to.
 
     Yields:
         A `Recorder`.
@@ -56,8 +80,12 @@ def step_scope(model, variables, step_args=()):
     frozen = [v.value for v in variables if not getattr(v.value, "requires_grad", True)]
     for tensor in frozen:
         tensor.requires_grad_(True)
+    recorder = Recorder(layers)
     try:
-        yield Recorder()
+        with contextlib.ExitStack() as stack:
+            for layer in layers:
+                stack.enter_context(transformed_output(layer, recorder.capture(layer)))
+            yield recorder
     finally:
         for tensor in frozen:
             tensor.requires_grad_(False)
@@ -78,6 +106,24 @@ class Step(stateless.Step):
                 "is the layer used by the model's forward pass?"
             )
         return gradient.detach()
+
+    def penalty_gradients(self, variables):
+        return self._differentiable([v.value for v in variables])
+
+    def output_gradients(self, layer):
+        outputs = self._recorder.outputs[id(layer)]
+        if not outputs:
+            raise ValueError(base.NO_LOOKUP.format(name=layer.name))
+        return self._differentiable(outputs)
+
+    def _differentiable(self, tensors):
+        """Gradients of the clean loss w.r.t. ``tensors``, kept in the graph."""
+        loss = self.scale_loss(self.loss)
+        gradients = torch.autograd.grad(
+            loss, tensors, create_graph=True, retain_graph=True, allow_unused=True
+        )
+        factor = self.scale_loss(torch.ones((), device=loss.device))
+        return [None if g is None else g / factor for g in gradients]
 
     def gradient_of(self, function, value):
         value = torch.as_tensor(value).detach().requires_grad_(True)

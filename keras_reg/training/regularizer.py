@@ -40,6 +40,14 @@ class TrainingRegularizer(abc.ABC):
         del model
         return []
 
+    def watched_outputs(self, model):
+        """Returns the layers whose lookup outputs the step must record.
+
+        For `keras_reg.backend.base.Step.output_gradients`.
+        """
+        del model
+        return []
+
     @abc.abstractmethod
     def regularized_loss(self, step):
         """Returns the loss to differentiate in this training step.

@@ -70,10 +70,12 @@ class _Installation:
 
     def train_step(self, *args, **kwargs):
         variables = self.regularizer.watched_variables(self.model)
+        layers = self.regularizer.watched_outputs(self.model)
         # Keras's steps take the batch as their last positional argument:
         # train_step(data) on TensorFlow/torch, train_step(state, data) on JAX.
         self.data = kwargs.get("data", args[-1] if args else None)
-        with self.backend.step_scope(self.model, variables, args) as recorder:
+        scope = self.backend.step_scope(self.model, variables, args, layers)
+        with scope as recorder:
             self.recorder = recorder
             self.training = True
             try:
