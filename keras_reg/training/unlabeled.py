@@ -142,9 +142,15 @@ class UnlabeledSampler:
 
 def _model_inputs(model):
     """Returns the model's symbolic inputs as a list or dict, or None if unknown."""
-    try:
-        structure = model.input
-    except (AttributeError, ValueError):
+    structure = None
+    for name in ("input", "inputs"):  # Keras 3's Sequential has only `inputs`
+        try:
+            structure = getattr(model, name)
+        except (AttributeError, ValueError):
+            continue
+        if structure is not None:
+            break
+    if structure is None:
         return None
     if isinstance(structure, dict):
         return structure
