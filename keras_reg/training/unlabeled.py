@@ -195,10 +195,11 @@ def _pairs(arrays, inputs):
 
 def _embedding_inputs(model, layer, inputs):
     """Returns the model inputs that feed ``layer`` directly (by identity)."""
-    nodes = getattr(layer, "_inbound_nodes", None) or []
-    fed = [
-        id(t) for node in nodes for t in keras.tree.flatten(node.input_tensors or [])
-    ]
+    fed = set()
+    for node in getattr(layer, "_inbound_nodes", None) or []:
+        tensors = node.input_tensors
+        if tensors is not None:  # never `or`: symbolic tensors have no truth
+            fed.update(id(t) for t in keras.tree.flatten(tensors))
     return [t for t in keras.tree.flatten(inputs) if id(t) in fed]
 
 
