@@ -161,6 +161,15 @@ def _describe(loss):
     return getattr(loss, "__name__", None), from_logits
 
 
+def _label(loss):
+    """A short, readable name of one compiled loss for messages."""
+    if isinstance(loss, str):
+        return repr(loss)
+    name, from_logits = _describe(loss)
+    name = name or type(loss).__name__
+    return f"{name}(from_logits=True)" if from_logits else name
+
+
 def _one_kind(loss):
     """Returns "probabilities", "logits", "other" or None (unknown) for one loss."""
     name, from_logits = _describe(loss)
@@ -213,16 +222,17 @@ def output_kind(model, kind=None, warn=True):
         raise ValueError(
             f"VAT measures how much the model's predicted distribution changes "
             f"(a KL divergence), but model {model.name!r} is compiled with the "
-            f"regression/score loss {others[0]!r}, whose output is not a "
+            f"regression/score loss {_label(others[0])}, whose output is not a "
             "distribution: there is no KL to take. If the output is in fact "
             "class probabilities or logits, say so with "
             "predictions='probabilities' or predictions='logits'."
         )
     known = set(k for k in kinds if k is not None)
     if len(known) > 1:
+        labels = ", ".join(_label(one) for one in losses)
         raise ValueError(
             f"The outputs of model {model.name!r} mix probabilities and logits "
-            f"(compiled losses: {losses!r}); VAT sums one kind of KL over all "
+            f"(compiled losses: {labels}); VAT sums one kind of KL over all "
             "outputs. Compile every output with the same `from_logits`, or pass "
             "predictions='probabilities' or predictions='logits' if that "
             "describes every output."
@@ -233,7 +243,7 @@ def output_kind(model, kind=None, warn=True):
         unknown = losses[kinds.index(None)]
         chosen = known.pop() if known else "probabilities"
         warnings.warn(
-            f"VAT cannot tell from the loss {unknown!r} whether model "
+            f"VAT cannot tell from the loss {_label(unknown)} whether model "
             f"{model.name!r} outputs probabilities or logits; it assumes "
             f"{chosen}. On logits read as probabilities the VAT term is about "
             "0. Pass predictions='logits' or predictions='probabilities' to "
