@@ -294,7 +294,7 @@ def test_vat_never_writes_the_weights():
         ({"norm": "example"}, "norm='example' is not defined for perturb='matrix'"),
         ({"unlabeled": np.zeros((0, 5))}, "at least one example"),
         ({"unlabeled": [np.zeros((3, 5)), np.zeros((4, 5))]}, r"lengths \[3, 4\]"),
-        ({"unlabeled_batch_size": 0}, "`unlabeled_batch_size` must be a positive"),
+        ({"unlabeled_batch_size": 0}, "`unlabeled_batch_size` must be an integer >= 1"),
         ({"weigth": 1.0}, "unknown option 'weigth'.*did you mean 'weight'"),
         ({"entropy_weight": -0.5}, "`entropy_weight` must be a number >= 0"),
     ],

@@ -1,4 +1,11 @@
-"""Drawing one batch of unlabelled inputs per training step, inside the graph."""
+"""Drawing one batch of unlabelled inputs per training step, inside the graph.
+
+The arrays are checked when they are handed over (`UnlabeledSampler`) and
+against the model when VAT is installed (`check_against_model`), so a bad
+array fails with a message that names it instead of deep inside a traced step.
+"""
+
+import numbers
 
 import numpy as np
 
@@ -7,10 +14,74 @@ from keras_reg._compat import keras
 ops = keras.ops
 
 
+def integer_argument(name, value, minimum, example):
+    """Returns ``value`` as an int after checking it is an integer >= ``minimum``.
+
+    Python and NumPy integers are accepted; bools and floats (even ``2.0``) are
+    not.
+
+    Raises:
+        ValueError: Naming the value received and an example of a valid one.
+    """
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, numbers.Integral)
+        or value < minimum
+    ):
+        raise ValueError(
+            f"`{name}` must be an integer >= {minimum}, received {name}={value!r} "
+            f"({type(value).__name__}). Pass for example {name}={example}."
+        )
+    return int(value)
+
+
 def _is_dataset(value):
     return type(value).__module__.startswith("tensorflow") and hasattr(
         value, "as_numpy_iterator"
     )
+
+
+_HOW = (
+    "Pass a NumPy array (examples on the first axis), a list or dict of arrays "
+    "for a multi-input model, or a tf.data.Dataset of batches on TensorFlow."
+)
+
+
+def _as_array(leaf):
+    """Returns one unlabelled leaf as a NumPy array, or raises a clear error."""
+    if isinstance(leaf, (numbers.Number, np.generic)):
+        raise ValueError(
+            f"`unlabeled` is (or holds) a Python list of numbers (found {leaf!r}); "
+            "VAT reads a list as one array per model input. Convert the data "
+            "first, e.g. unlabeled=np.asarray(x_unlabeled, dtype='float32') (or "
+            "'int32' for token ids). " + _HOW
+        )
+    if not (hasattr(leaf, "__array__") or hasattr(leaf, "shape")):
+        raise ValueError(
+            f"`unlabeled` must hold arrays; received a {type(leaf).__name__}. "
+            "VAT draws a batch inside the compiled step, so it needs all the "
+            "data up front: a generator or iterator cannot be read there "
+            "(collect it with np.concatenate(list(batches)), or wrap it in "
+            "tf.data.Dataset.from_generator on TensorFlow). " + _HOW
+        )
+    array = np.asarray(leaf)
+    if array.ndim == 0 or array.dtype == object:
+        raise ValueError(
+            f"`unlabeled` must hold arrays with examples on the first axis; "
+            f"received an array of shape {array.shape} and dtype {array.dtype}. " + _HOW
+        )
+    if np.issubdtype(array.dtype, np.floating) or np.issubdtype(
+        array.dtype, np.complexfloating
+    ):
+        bad = ~np.isfinite(array)
+        if bad.any():
+            rows = np.unique(np.nonzero(bad.reshape(len(array), -1))[0])
+            raise ValueError(
+                f"`unlabeled` holds {int(bad.sum())} NaN or infinite values, in "
+                f"{len(rows)} examples (the first at index {int(rows[0])}); they "
+                "would make every VAT loss NaN. Drop or impute those examples."
+            )
+    return array
 
 
 class UnlabeledSampler:
@@ -20,22 +91,19 @@ class UnlabeledSampler:
         unlabeled: None (use the ``fit`` batch's inputs), an array or a nested
             structure (list/tuple/dict) of arrays with one first dimension, or a
             ``tf.data.Dataset`` yielding input batches (TensorFlow only).
-        batch_size: Examples per draw from arrays; None: the ``fit`` batch size.
+        batch_size: Examples per draw from arrays (a Python or NumPy integer);
+            None: the ``fit`` batch size.
         seed: Seed of the draws.
 
     Raises:
-        ValueError: Empty arrays, or arrays of different lengths.
+        ValueError: Empty arrays, arrays of different lengths, NaN values, a
+            list of numbers, a generator, or a bad ``batch_size``.
     """
 
     def __init__(self, unlabeled, batch_size=None, seed=None):
-        if batch_size is not None and (
-            isinstance(batch_size, bool)
-            or not isinstance(batch_size, int)
-            or batch_size < 1
-        ):
-            raise ValueError(
-                "`unlabeled_batch_size` must be a positive integer or None, "
-                f"received unlabeled_batch_size={batch_size!r}."
+        if batch_size is not None:
+            batch_size = integer_argument(
+                "unlabeled_batch_size", batch_size, 1, example=64
             )
         self.batch_size = batch_size
         self.iterator = None
@@ -45,7 +113,7 @@ class UnlabeledSampler:
         if _is_dataset(unlabeled):
             self.iterator = iter(unlabeled.repeat())
             return
-        self.arrays = keras.tree.map_structure(np.asarray, unlabeled)
+        self.arrays = keras.tree.map_structure(_as_array, unlabeled)
         lengths = {len(a) for a in keras.tree.flatten(self.arrays)}
         if len(lengths) != 1 or 0 in lengths:
             raise ValueError(
@@ -70,3 +138,113 @@ class UnlabeledSampler:
         return keras.tree.map_structure(
             lambda a: ops.take(a, index, axis=0), self.arrays
         )
+
+
+def _model_inputs(model):
+    """Returns the model's symbolic inputs as a list or dict, or None if unknown."""
+    structure = None
+    for name in ("input", "inputs"):  # Keras 3's Sequential has only `inputs`
+        try:
+            structure = getattr(model, name)
+        except (AttributeError, ValueError):
+            continue
+        if structure is not None:
+            break
+    if structure is None:
+        return None
+    if isinstance(structure, dict):
+        return structure
+    flat = keras.tree.flatten(structure)
+    return flat if all(hasattr(t, "shape") for t in flat) else None
+
+
+def _shape(tensor):
+    return tuple(None if d is None else int(d) for d in list(tensor.shape))
+
+
+def _fits(expected, received):
+    """Whether arrays of ``received`` shape suit an input of ``expected`` shape."""
+    expected, received = expected[1:], received[1:]
+    if len(expected) == len(received) + 1 and expected[-1] == 1:
+        expected = expected[:-1]  # Keras adds a last axis of size 1 itself
+    return len(expected) == len(received) and all(
+        e is None or e == r for e, r in zip(expected, received)
+    )
+
+
+def _pairs(arrays, inputs):
+    """Returns [(label, array, input tensor)] or raises if the counts differ."""
+    if isinstance(inputs, dict) and isinstance(arrays, dict):
+        if set(arrays) != set(inputs):
+            raise ValueError(
+                f"`unlabeled` has the keys {sorted(arrays)}, but the model's "
+                f"inputs are {sorted(inputs)}. Pass one array per model input."
+            )
+        return [(repr(k), arrays[k], inputs[k]) for k in sorted(inputs)]
+    flat_arrays = keras.tree.flatten(arrays)
+    flat_inputs = keras.tree.flatten(inputs)
+    if len(flat_arrays) != len(flat_inputs):
+        names = [getattr(t, "name", "?") for t in flat_inputs]
+        raise ValueError(
+            f"`unlabeled` holds {len(flat_arrays)} array(s), but the model takes "
+            f"{len(flat_inputs)} input(s) ({', '.join(names)}). Pass one array "
+            "per model input, in the order of the model's inputs."
+        )
+    return [(str(i), a, t) for i, (a, t) in enumerate(zip(flat_arrays, flat_inputs))]
+
+
+def _embedding_inputs(model, layer, inputs):
+    """Returns the model inputs that feed ``layer`` directly (by identity)."""
+    fed = set()
+    for node in getattr(layer, "_inbound_nodes", None) or []:
+        tensors = node.input_tensors
+        if tensors is not None:  # never `or`: symbolic tensors have no truth
+            fed.update(id(t) for t in keras.tree.flatten(tensors))
+    return [t for t in keras.tree.flatten(inputs) if id(t) in fed]
+
+
+def check_against_model(sampler, model, layer, vocabulary):
+    """Checks the unlabelled arrays against the model's inputs, at install time.
+
+    Args:
+        sampler: An `UnlabeledSampler` (nothing is checked without arrays).
+        model: The model VAT is installed on.
+        layer: The embedding layer VAT perturbs, or None.
+        vocabulary: The number of rows of its matrix (None if unknown).
+
+    Raises:
+        ValueError: An array's example shape does not fit its model input, the
+            number of arrays differs from the model's inputs, or token ids
+            fall outside the vocabulary. The message names the array.
+    """
+    if sampler.arrays is None:
+        return
+    inputs = _model_inputs(model)
+    if inputs is None:  # a subclassed model not called yet: nothing to compare
+        return
+    pairs = _pairs(sampler.arrays, inputs)
+    for label, array, tensor in pairs:
+        if not _fits(_shape(tensor), array.shape):
+            raise ValueError(
+                f"`unlabeled` array {label} has examples of shape "
+                f"{array.shape[1:]}, but the model's input "
+                f"{getattr(tensor, 'name', label)!r} takes batches of shape "
+                f"{_shape(tensor)}. Pass unlabelled data shaped like the "
+                "model's training inputs."
+            )
+    if layer is None or vocabulary is None:
+        return
+    fed = _embedding_inputs(model, layer, inputs)
+    for label, array, tensor in pairs:
+        if not any(tensor is t for t in fed):
+            continue
+        if not np.issubdtype(array.dtype, np.integer):
+            continue
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high >= vocabulary:
+            raise ValueError(
+                f"`unlabeled` array {label} holds token ids from {low} to {high}, "
+                f"but the embedding layer {layer.name!r} has {vocabulary} rows "
+                f"(ids 0 to {vocabulary - 1}). Map unknown tokens to an id in "
+                "range (e.g. the tokenizer's unknown-token id)."
+            )

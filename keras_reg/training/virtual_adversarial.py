@@ -12,12 +12,24 @@ References:
     from random noise and gradient penalty to VAT). https://kexue.fm/archives/7466
 """
 
+import warnings
+
 from keras_reg import backend
 from keras_reg._compat import keras
 from keras_reg.training import step as step_module
+from keras_reg.training.divergence import KINDS, entropy, kl_divergence, output_kind
 from keras_reg.training.embedding import embedding_matrix, find_embedding_layer
+from keras_reg.training.perturbation_sites import (
+    input_error,
+    is_integer_dtype,
+    site_for,
+)
 from keras_reg.training.regularizer import TrainingRegularizer, register
-from keras_reg.training.unlabeled import UnlabeledSampler
+from keras_reg.training.unlabeled import (
+    UnlabeledSampler,
+    check_against_model,
+    integer_argument,
+)
 from keras_reg.validation import (
     check_options,
     choice,
@@ -29,27 +41,6 @@ ops = keras.ops
 
 PERTURB = ("matrix", "output")
 NORM = ("batch", "example")
-
-
-def kl_divergence(p, q, axis=-1):
-    """Returns the batch mean of KL(p || q) for probability outputs.
-
-    A last axis of size 1 is read as Bernoulli probabilities (a sigmoid output).
-    """
-    tiny = 1e-7
-    if p.shape[axis] == 1:
-        p = ops.concatenate([1.0 - p, p], axis=axis)
-        q = ops.concatenate([1.0 - q, q], axis=axis)
-    p = ops.clip(p, tiny, 1.0)
-    q = ops.clip(q, tiny, 1.0)
-    return ops.mean(ops.sum(p * (ops.log(p) - ops.log(q)), axis=axis))
-
-
-def entropy(p, axis=-1):
-    """Returns the batch mean of the entropy of probability outputs ``p``."""
-    if p.shape[axis] == 1:
-        p = ops.concatenate([1.0 - p, p], axis=axis)
-    return -ops.mean(ops.sum(p * ops.log(ops.clip(p, 1e-7, 1.0)), axis=axis))
 
 
 def normalize(d, norm):
@@ -86,9 +77,25 @@ class VAT(TrainingRegularizer):
     embedding. With ``"batch"`` the per-example size of r is about
     ``epsilon / sqrt(batch)``, so it changes with the unlabelled batch size.
 
+    What the KL compares (``predictions``): class probabilities (a softmax, or
+    one sigmoid unit as a Bernoulli) or logits (the KL is then taken with
+    ``log_softmax`` / ``log_sigmoid``, which is stable). By default this is read
+    from the compiled loss: the cross-entropy and KL losses mean probabilities,
+    or logits with ``from_logits=True`` (keras-hub classifiers); a model
+    compiled without a loss is taken to output probabilities. A regression
+    loss (``"mse"``, ``"mae"``, ``Huber``, ...) is refused at install time: its
+    output is no distribution, so there is no KL (VAT would silently add 0 if
+    the output were read as probabilities). A model with several outputs gets
+    the sum of the per-output KLs; its outputs must all be of one kind. The KL
+    is computed in float32 (mixed precision outputs are cast).
+
     Dropout: the supervised pass is the ordinary training pass; the VAT passes
     (p, the power iteration and the final KL) run with ``training=False``, so
     dropout is off and BatchNormalization uses its moving statistics.
+
+    An embedding layer called several times in one forward pass (one embedding
+    shared by two inputs) is perturbed at every call: ``"matrix"`` gives a token
+    the same row in all of them; ``"output"`` perturbs each call's output.
 
     Args:
         embedding_name: The embedding layer to perturb, or None for the inputs.
@@ -99,9 +106,13 @@ class VAT(TrainingRegularizer):
         unlabeled: Unlabelled inputs: an array (or a list/dict of arrays, like
             the model's inputs), or a ``tf.data.Dataset`` of batches on
             TensorFlow. None: the VAT loss uses the ``fit`` batch's inputs (the
-            source's set-up, with a model compiled without a loss).
-        unlabeled_batch_size: Unlabelled examples per step (arrays only);
-            None: as many as the labelled batch.
+            source's set-up, with a model compiled without a loss). Checked when
+            given and at install: arrays shaped like the model's inputs, no
+            NaN, token ids inside the embedding's vocabulary. A Python list of
+            numbers or a generator is refused (convert it to an array). Never
+            serialised: see `from_config`.
+        unlabeled_batch_size: Unlabelled examples per step (arrays only; a
+            Python or NumPy integer); None: as many as the labelled batch.
         weight: Factor of the VAT loss in the total loss.
         perturb: ``"matrix"`` or ``"output"``, see above.
         norm: ``"batch"``, ``"example"``, or None (the default: ``"example"``
@@ -113,6 +124,8 @@ class VAT(TrainingRegularizer):
             0 (the default, as in the source) turns it off. With a flexible
             model and few labels it can also drive every unlabelled prediction
             to one class (measured: notes/issue3_sentiment.md).
+        predictions: ``"probabilities"``, ``"logits"``, or None (the default:
+            inferred from the compiled loss, see above).
 
     Example:
         >>> model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
@@ -134,18 +147,14 @@ class VAT(TrainingRegularizer):
         norm=None,
         seed=None,
         entropy_weight=0.0,
+        predictions=None,
     ):
         if norm is None:
             norm = "example" if embedding_name is None else "batch"
         self.embedding_name = embedding_name
         self.epsilon = positive_number("epsilon", epsilon, example=1.0)
         self.xi = positive_number("xi", xi, example=10.0)
-        if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
-            raise ValueError(
-                f"`iters` must be an integer >= 1, received iters={iters!r}. "
-                "Pass e.g. iters=1 (the paper's and the source's choice)."
-            )
-        self.iters = iters
+        self.iters = integer_argument("iters", iters, 1, example=1)
         self.weight = positive_number("weight", weight, example=1.0)
         self.perturb = choice("perturb", perturb, PERTURB)
         self.norm = choice("norm", norm, NORM)
@@ -158,14 +167,24 @@ class VAT(TrainingRegularizer):
         self.entropy_weight = non_negative_number(
             "entropy_weight", entropy_weight, example=1.0
         )
-        self.unlabeled_batch_size = unlabeled_batch_size
-        self.seed = seed
+        self.predictions = (
+            None if predictions is None else choice("predictions", predictions, KINDS)
+        )
         self.sampler = UnlabeledSampler(unlabeled, unlabeled_batch_size, seed)
+        self.unlabeled_batch_size = self.sampler.batch_size
+        self.seed = seed
         self.noise_seed = keras.random.SeedGenerator(seed)
 
     def validate(self, model):
+        output_kind(model, self.predictions)
+        layer, vocabulary = None, None
         if self.embedding_name is not None:
-            find_embedding_layer(model, self.embedding_name)
+            layer = find_embedding_layer(model, self.embedding_name)
+            if getattr(layer, "built", True):
+                vocabulary = int(embedding_matrix(layer).shape[0])
+        else:
+            self._check_float_inputs(model)
+        check_against_model(self.sampler, model, layer, vocabulary)
         if self.sampler.iterator is not None and backend.framework(model) not in (
             "tensorflow",
             "tf_keras",
@@ -183,34 +202,72 @@ class VAT(TrainingRegularizer):
                 "Pass `unlabeled` as arrays, or compile with jit_compile=False."
             )
 
+    def _check_float_inputs(self, model):
+        """Raises if VAT on inputs would perturb token ids or several inputs."""
+        try:
+            inputs = list(model.inputs or [])
+        except (AttributeError, ValueError):
+            inputs = []
+        if len(inputs) > 1:
+            raise input_error(model, f"a model with {len(inputs)} inputs")
+        dtypes = [t.dtype for t in inputs]
+        if self.sampler.arrays is not None:
+            dtypes += [a.dtype for a in keras.tree.flatten(self.sampler.arrays)]
+        for dtype in dtypes:
+            if is_integer_dtype(dtype):
+                name = keras.backend.standardize_dtype(dtype)
+                raise input_error(model, f"inputs of dtype {name}")
+
     def regularized_loss(self, step):
+        vat_loss, entropy_term = self.terms(step)
+        dtype = getattr(step.loss, "dtype", None)
+        if dtype is not None and keras.backend.standardize_dtype(dtype) != "float32":
+            # tf_keras computes a mixed-precision loss in float16; the terms
+            # are float32 (Keras 3's loss is float32 already).
+            vat_loss = ops.cast(vat_loss, dtype)
+            if self.entropy_weight:
+                entropy_term = ops.cast(entropy_term, dtype)
+        return step.loss + self.weight * vat_loss + entropy_term
+
+    def terms(self, step):
+        """Returns this step's ``(vat_loss, entropy_term)``.
+
+        ``vat_loss`` is KL(p || model at r), before ``weight``; ``entropy_term``
+        is ``entropy_weight`` x the entropy of p (0 when that is off).
+
+        Args:
+            step: The `keras_reg.backend.base.Step` in progress.
+        """
+        kind = output_kind(step.model, self.predictions, warn=False)
         x = self.sampler.draw(step)
-        site = self._site(step)
+        layer = None
+        if self.embedding_name is not None:
+            layer = find_embedding_layer(step.model, self.embedding_name)
+        site = site_for(step, layer, self.perturb)
         p = site.predict(x, None)
         # EntMin differentiates through p; the VAT terms hold it constant.
-        entropy_term = self.entropy_weight * entropy(p) if self.entropy_weight else 0
-        p = ops.stop_gradient(p)
+        entropy_term = (
+            self.entropy_weight * entropy(p, kind) if self.entropy_weight else 0
+        )
+        p = keras.tree.map_structure(ops.stop_gradient, p)
         d = keras.random.normal(site.shape(x), seed=step.seed(self.noise_seed))
         d = site.restrict(d)
         for _ in range(self.iters):
             probe = self.xi * normalize(d, self.norm)
             d = step.gradient_of(
-                lambda delta: kl_divergence(p, site.predict(x, delta)), probe
+                lambda delta: kl_divergence(p, site.predict(x, delta), kind), probe
             )
         r = ops.stop_gradient(self.epsilon * normalize(d, self.norm))
-        vat_loss = kl_divergence(p, site.predict(x, r))
-        return step.loss + self.weight * vat_loss + entropy_term
-
-    def _site(self, step):
-        if self.embedding_name is None:
-            return _InputSite(step)
-        layer = find_embedding_layer(step.model, self.embedding_name)
-        if self.perturb == "output":
-            return _OutputSite(step, layer)
-        return _MatrixSite(step, layer)
+        vat_loss = kl_divergence(p, site.predict(x, r), kind)
+        return vat_loss, entropy_term
 
     def get_config(self):
-        return {
+        """Returns the arguments, without the unlabelled data (never serialised).
+
+        When the VAT has unlabelled data, the config says so with
+        ``"unlabeled_omitted": True``, and `from_config` warns.
+        """
+        config = {
             "embedding_name": self.embedding_name,
             "epsilon": self.epsilon,
             "xi": self.xi,
@@ -221,89 +278,32 @@ class VAT(TrainingRegularizer):
             "norm": self.norm,
             "seed": self.seed,
             "entropy_weight": self.entropy_weight,
+            "predictions": self.predictions,
         }
+        if self.sampler.arrays is not None or self.sampler.iterator is not None:
+            config["unlabeled_omitted"] = True
+        return config
 
+    @classmethod
+    def from_config(cls, config):
+        """Creates a VAT from `get_config`'s output; unlabelled data must be re-passed.
 
-class _InputSite:
-    """Perturbs the model's (single, float) input."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def shape(self, x):
-        return ops.shape(x)
-
-    def restrict(self, d):
-        return d
-
-    def predict(self, x, delta):
-        return self.step.forward(x if delta is None else x + delta)
-
-
-class _OutputSite:
-    """Perturbs the embedding layer's output (the embedded sequence)."""
-
-    def __init__(self, step, layer):
-        self.step = step
-        self.layer = layer
-        self.ids = None
-
-    def shape(self, x):
-        return (*ops.shape(self.ids), embedding_matrix(self.layer).shape[1])
-
-    def restrict(self, d):
-        return d
-
-    def predict(self, x, delta):
-        def transform(output, ids):
-            if len(output.shape) != len(ids.shape) + 1:
-                return output  # not a lookup: bert4keras's Embedding as output head
-            self.ids = ids
-            if delta is None:
-                return output
-            return output + ops.cast(self.lookup(delta, ids), output.dtype)
-
-        return self.step.forward(x, layer=self.layer, transform=transform)
-
-    def lookup(self, delta, ids):
-        """Returns the perturbation of the layer output for ``ids``."""
-        del ids
-        return delta
-
-
-class _MatrixSite(_OutputSite):
-    """Perturbs the rows of the embedding matrix used by the unlabelled batch.
-
-    Without a ``vocabulary x dim`` tensor: the N token occurrences of the batch
-    are grouped by id (sort + cumsum, static shapes, so XLA compiles it), and the
-    perturbation holds one row per distinct id in slots ``0 .. distinct - 1`` of
-    an ``N x dim`` tensor (the other slots stay zero). Slot k is the k-th
-    smallest id of the batch.
-    """
-
-    def shape(self, x):
-        return (ops.size(self.ids), embedding_matrix(self.layer).shape[1])
-
-    def restrict(self, d):
-        _, distinct = _group_by_id(self.ids)
-        used = ops.arange(ops.shape(d)[0]) < distinct
-        return d * ops.cast(used, d.dtype)[:, None]
-
-    def lookup(self, delta, ids):
-        slot, _ = _group_by_id(ids)
-        rows = ops.take(delta, slot, axis=0)
-        return ops.reshape(rows, (*ops.shape(ids), ops.shape(delta)[-1]))
-
-
-def _group_by_id(ids):
-    """Returns (slot of each occurrence, number of distinct ids), slots by id order."""
-    flat = ops.reshape(ops.cast(ids, "int32"), (-1,))
-    order = ops.argsort(flat)
-    ordered = ops.take(flat, order)
-    starts = ops.cast(ordered[1:] != ordered[:-1], "int32")
-    slots_in_order = ops.cumsum(ops.concatenate([ops.zeros((1,), "int32"), starts]))
-    slot = ops.take(slots_in_order, ops.argsort(order))
-    return slot, slots_in_order[-1] + 1
+        The data is never part of a config. If the saved VAT had some
+        (``"unlabeled_omitted": True``) and ``config`` brings none, this warns:
+        the VAT would train on the ``fit`` batch's inputs instead. Pass it
+        again with ``VAT.from_config({**config, "unlabeled": x_unlabeled})``.
+        """
+        config = dict(config)
+        omitted = config.pop("unlabeled_omitted", False)
+        if omitted and config.get("unlabeled") is None:
+            warnings.warn(
+                "VAT.from_config: the saved VAT had unlabelled data, which is "
+                "never serialised; this VAT uses the `fit` batch's inputs as its "
+                "unlabelled batch. Pass the data again: "
+                'VAT.from_config({**config, "unlabeled": x_unlabeled}).',
+                stacklevel=2,
+            )
+        return cls(**config)
 
 
 @check_options
@@ -320,6 +320,7 @@ def virtual_adversarial_training(
     norm=None,
     seed=None,
     entropy_weight=0.0,
+    predictions=None,
 ):
     """Trains a compiled model with VAT on unlabelled data, in one ``fit``.
 
@@ -331,7 +332,8 @@ def virtual_adversarial_training(
 
     Raises:
         ValueError: A bad argument (named in the message), the model is not
-            compiled, or the embedding layer is not found.
+            compiled, the embedding layer is not found, the compiled loss is a
+            regression loss, or the unlabelled data does not fit the model.
 
     Example:
         >>> model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
@@ -351,5 +353,6 @@ def virtual_adversarial_training(
         norm=norm,
         seed=seed,
         entropy_weight=entropy_weight,
+        predictions=predictions,
     )
     return step_module.install(model, regularizer)

@@ -75,3 +75,76 @@ def test_bert4keras_vat_trains_on_unlabelled_inputs(perturb):
     assert np.all(np.isfinite(history.history["loss"]))
     assert set(history.history) == {"loss", "accuracy"}
     assert any(not np.array_equal(a, b) for a, b in zip(model.get_weights(), before))
+
+
+def _bag_model(activation):
+    return tf_keras.Sequential(
+        [
+            tf_keras.Input((LENGTH,), dtype="int32"),
+            tf_keras.layers.Embedding(VOCAB, DIM, name="emb"),
+            tf_keras.layers.GlobalAveragePooling1D(),
+            tf_keras.layers.Dense(CLASSES, activation=activation),
+        ]
+    )
+
+
+def test_logits_head_steps_like_the_softmax_head(monkeypatch):
+    """from_logits=True (a tf_keras loss object) is read: KL on log_softmax."""
+    fixed_noise.install(monkeypatch)
+    rng = np.random.default_rng(0)
+    weights = [
+        rng.normal(size=(VOCAB, DIM)).astype("float32"),
+        rng.normal(size=(DIM, CLASSES)).astype("float32"),
+        rng.normal(size=(CLASSES,)).astype("float32") * 0.1,
+    ]
+    x = rng.integers(0, VOCAB, size=(5, LENGTH)).astype("int32")
+    y = rng.integers(0, CLASSES, size=(5,)).astype("int32")
+    results = []
+    for activation, loss in [
+        ("softmax", "sparse_categorical_crossentropy"),
+        (None, tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)),
+    ]:
+        model = _bag_model(activation)
+        model.compile(loss=loss, optimizer=tf_keras.optimizers.SGD(LR))
+        model.set_weights(weights)
+        keras_reg.virtual_adversarial_training(
+            model, "emb", epsilon=0.8, xi=0.5, perturb="output"
+        )
+        model.fit(x, y, batch_size=5, shuffle=False, verbose=0)
+        results.append(model.get_weights())
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_regression_loss_is_refused():
+    model = _bag_model(None)
+    model.compile(loss=tf_keras.losses.MeanSquaredError(), optimizer="sgd")
+    with pytest.raises(ValueError, match="regression/score loss"):
+        keras_reg.virtual_adversarial_training(model, "emb")
+
+
+def test_bert4keras_token_ids_outside_the_vocabulary_are_named():
+    model = tiny_bert.classifier("adam")
+    tokens = np.full((6, 10), 45, "int32")  # the tiny BERT has 40 tokens
+    with pytest.raises(ValueError, match="array 0 holds token ids from 45 to 45"):
+        keras_reg.virtual_adversarial_training(
+            model, "Embedding-Token", unlabeled=[tokens, np.zeros_like(tokens)]
+        )
+
+
+def test_mixed_float16_trains():
+    from tf_keras import mixed_precision
+
+    mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = _bag_model("softmax")
+        model.compile(loss="sparse_categorical_crossentropy", optimizer="sgd")
+        rng = np.random.default_rng(0)
+        x = rng.integers(0, VOCAB, size=(8, LENGTH)).astype("int32")
+        y = rng.integers(0, CLASSES, size=(8,)).astype("int32")
+        keras_reg.virtual_adversarial_training(model, "emb", perturb="output")
+        history = model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    finally:
+        mixed_precision.set_global_policy("float32")
+    assert model.outputs[0].dtype == "float16"
+    assert np.all(np.isfinite(history.history["loss"]))
