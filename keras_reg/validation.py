@@ -5,6 +5,8 @@ import functools
 import inspect
 import numbers
 
+import numpy as np
+
 
 def check_options(function):
     """Rejects unknown keyword arguments with a "did you mean" suggestion.
@@ -122,3 +124,24 @@ def boolean(name, value):
             f"({type(value).__name__}). Pass {name}=True or {name}=False."
         )
     return bool(value)
+
+
+def integer_argument(name, value, minimum, example):
+    """Returns ``value`` as an int after checking it is an integer >= ``minimum``.
+
+    Python and NumPy integers are accepted; bools and floats (even ``2.0``) are
+    not.
+
+    Raises:
+        ValueError: Naming the value received and an example of a valid one.
+    """
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, numbers.Integral)
+        or value < minimum
+    ):
+        raise ValueError(
+            f"`{name}` must be an integer >= {minimum}, received {name}={value!r} "
+            f"({type(value).__name__}). Pass for example {name}={example}."
+        )
+    return int(value)

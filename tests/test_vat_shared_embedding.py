@@ -11,7 +11,7 @@ import pytest
 
 import keras_reg
 from keras_reg._compat import keras
-from keras_reg.training.interception import transformed_output
+from keras_reg.backend.interception import transformed_output
 from tests import fixed_noise, vat_reference
 from tests.models import CLASSES, DIM, VOCAB
 

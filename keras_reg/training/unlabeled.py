@@ -10,29 +10,9 @@ import numbers
 import numpy as np
 
 from keras_reg._compat import keras
+from keras_reg.validation import integer_argument
 
 ops = keras.ops
-
-
-def integer_argument(name, value, minimum, example):
-    """Returns ``value`` as an int after checking it is an integer >= ``minimum``.
-
-    Python and NumPy integers are accepted; bools and floats (even ``2.0``) are
-    not.
-
-    Raises:
-        ValueError: Naming the value received and an example of a valid one.
-    """
-    if (
-        isinstance(value, (bool, np.bool_))
-        or not isinstance(value, numbers.Integral)
-        or value < minimum
-    ):
-        raise ValueError(
-            f"`{name}` must be an integer >= {minimum}, received {name}={value!r} "
-            f"({type(value).__name__}). Pass for example {name}={example}."
-        )
-    return int(value)
 
 
 def _is_dataset(value):

@@ -25,14 +25,11 @@ from keras_reg.training.perturbation_sites import (
     site_for,
 )
 from keras_reg.training.regularizer import TrainingRegularizer, register
-from keras_reg.training.unlabeled import (
-    UnlabeledSampler,
-    check_against_model,
-    integer_argument,
-)
+from keras_reg.training.unlabeled import UnlabeledSampler, check_against_model
 from keras_reg.validation import (
     check_options,
     choice,
+    integer_argument,
     non_negative_number,
     positive_number,
 )
@@ -218,8 +215,12 @@ class VAT(TrainingRegularizer):
                 name = keras.backend.standardize_dtype(dtype)
                 raise input_error(model, f"inputs of dtype {name}")
 
+    def logged_terms(self):
+        return ("vat_loss",)
+
     def regularized_loss(self, step):
         vat_loss, entropy_term = self.terms(step)
+        step.log("vat_loss", vat_loss)
         dtype = getattr(step.loss, "dtype", None)
         if dtype is not None and keras.backend.standardize_dtype(dtype) != "float32":
             # tf_keras computes a mixed-precision loss in float16; the terms
