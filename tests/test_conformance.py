@@ -27,10 +27,15 @@ REGULARIZERS = {
     "gp-occurrence": lambda: keras_reg.GradientPenalty("emb", epsilon=1.0),
     "gp-row": lambda: keras_reg.GradientPenalty("emb", epsilon=1.0, per="row"),
     "parameter-gp": lambda: keras_reg.ParameterGradientPenalty(0.1),
+    "noise": lambda: keras_reg.NoiseTraining("emb", stddev=0.1, seed=2),
+    "noise-integrated": lambda: keras_reg.NoiseTraining(
+        "emb", stddev=0.1, integrated=True, seed=2
+    ),
+    # InputGradientPenalty needs float inputs: tests/test_noise.py covers it.
 }
 NAMES = sorted(REGULARIZERS)
 # Regularisers that perturb weights or activations in an extra pass.
-PERTURBING = ["fgm", "fgm-clean", "vat-matrix", "vat-output"]
+PERTURBING = ["fgm", "fgm-clean", "noise", "vat-matrix", "vat-output"]
 
 
 def _model(lr, jit_compile=False, l2=0.0):
