@@ -80,6 +80,17 @@ class Step(abc.ABC):
             )
         self._metrics[name].update_state(self._constant(value))
 
+    def loss_plus(self, term):
+        """Returns ``loss + term``, the term cast to the loss's dtype.
+
+        Regularisers compute their terms in float32; tf_keras computes a
+        mixed-precision loss in float16 (Keras 3's is float32 already).
+        """
+        dtype = getattr(self.loss, "dtype", None)
+        if dtype is not None:
+            term = keras.ops.cast(term, keras.backend.standardize_dtype(dtype))
+        return self.loss + term
+
     def _constant(self, value):
         return keras.ops.stop_gradient(keras.ops.cast(value, "float32"))
 

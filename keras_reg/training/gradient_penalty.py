@@ -94,7 +94,7 @@ class GradientPenalty(TrainingRegularizer):
         squared = sum(step.squared_norm(g) for g in gradients)
         penalty = 0.5 * self.epsilon * squared
         step.log("gradient_penalty", penalty)
-        return step.loss + penalty
+        return step.loss_plus(penalty)
 
     def get_config(self):
         return {
@@ -168,7 +168,7 @@ class ParameterGradientPenalty(TrainingRegularizer):
         gradients = step.penalty_gradients(variables)
         penalty = self.weight * sum(step.squared_norm(g) for g in gradients)
         step.log("gradient_penalty", penalty)
-        return step.loss + penalty
+        return step.loss_plus(penalty)
 
     def get_config(self):
         return {"weight": self.weight, "layers": self.layers}
@@ -256,7 +256,7 @@ class InputGradientPenalty(TrainingRegularizer):
             penalty = ops.mean(ops.square(norm - self.target))
         penalty = self.weight * penalty
         step.log("input_gradient_penalty", penalty)
-        return step.loss + ops.cast(penalty, step.loss.dtype)
+        return step.loss_plus(penalty)
 
     def get_config(self):
         return {"weight": self.weight, "target": self.target, "seed": self.seed}

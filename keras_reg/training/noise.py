@@ -159,7 +159,7 @@ class NoiseTraining(TrainingRegularizer):
         squared = sum(step.squared_norm(g) for g in gradients)
         penalty = 0.5 * self.stddev**2 * squared / batch
         step.log("noise_penalty", penalty)
-        return step.loss + ops.cast(penalty, step.loss.dtype)
+        return step.loss_plus(penalty)
 
     def get_config(self):
         return {
