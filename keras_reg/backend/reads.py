@@ -1,12 +1,14 @@
 """Counting, at trace time, who reads a Keras 3 variable during one forward pass.
 
-Every read of a Keras 3 variable -- ``ops.take(layer.embeddings, ids)``, a tied
-output head's ``ops.matmul(h, ops.transpose(embedding.embeddings))``, an
-``embeddings_regularizer`` -- goes through the variable's ``value`` property
-(TensorFlow's ``__tf_tensor__``, JAX's ``__jax_array__`` and the torch
-backend's conversions all call it). While a `recorded_reads` block runs, that
-property is shadowed on the variable's class by one that counts the reads of
-one variable, split by whether a given layer's ``call`` is running.
+Reads of a Keras 3 variable -- ``ops.take(layer.embeddings, ids)``, a tied
+output head's ``ops.matmul(h, ops.transpose(embedding.embeddings))`` -- go
+through the variable's ``value`` property (TensorFlow's ``__tf_tensor__``,
+JAX's ``__jax_array__`` and the torch backend's conversions all call it),
+which inside a `keras.StatelessScope` asks the scope's ``get_current_value``;
+Keras's weight regularisers ask the scope directly. While a `recorded_reads`
+block runs, both are shadowed on their classes by versions that count the reads
+of one variable (in a scope: at ``get_current_value``; outside: at ``value``),
+split by whether a given layer's ``call`` is running.
 
 The backends use the counts to decide, when a pass is traced (once per
 compiled function on TensorFlow and JAX), whether adding a perturbation to an
@@ -15,6 +17,8 @@ reader), and whether the loss reads the matrix at all.
 """
 
 import contextlib
+
+from keras_reg._compat import keras
 
 
 class ReadCounts:
@@ -66,14 +70,26 @@ def recorded_reads(variable, layer=None, counts=None):
     cls = type(variable)
     owner = _value_owner(cls)
     plain = vars(owner)["value"]
+    scope_class = keras.StatelessScope
+    plain_lookup = scope_class.get_current_value
+
+    def count():
+        if counts._depth:
+            counts.inside += 1
+        else:
+            counts.outside += 1
 
     def value(self):
-        if self is variable:
-            if counts._depth:
-                counts.inside += 1
-            else:
-                counts.outside += 1
+        if self is variable and not keras.backend.is_keras_tensor(self) and (
+            not _in_stateless_scope()
+        ):
+            count()
         return plain.__get__(self, type(self))
+
+    def get_current_value(scope, asked):
+        if asked is variable:
+            count()
+        return plain_lookup(scope, asked)
 
     own_call = layer.__dict__.get("call") if layer is not None else None
     if layer is not None:
@@ -88,9 +104,11 @@ def recorded_reads(variable, layer=None, counts=None):
 
         layer.call = call
     cls.value = property(value)
+    scope_class.get_current_value = get_current_value
     try:
         yield counts
     finally:
+        scope_class.get_current_value = plain_lookup
         if cls is owner:
             cls.value = plain
         else:
@@ -100,3 +118,10 @@ def recorded_reads(variable, layer=None, counts=None):
                 del layer.call
             else:
                 layer.call = own_call
+
+
+def _in_stateless_scope():
+    # The scope's own reads are counted at get_current_value.
+    from keras.src.backend.common.stateless_scope import in_stateless_scope
+
+    return in_stateless_scope()
