@@ -7,7 +7,7 @@ Example:
     >>> model.fit(x, y)
 """
 
-from keras_reg import callbacks, losses, metrics
+from keras_reg import callbacks, constraints, layers, losses, metrics, regularizers
 from keras_reg.training import (
     FGM,
     VAT,
@@ -27,10 +27,13 @@ __all__ = [
     "VAT",
     "adversarial_training",
     "callbacks",
+    "constraints",
     "install_regularizer",
     "installed_regularizer",
+    "layers",
     "losses",
     "metrics",
+    "regularizers",
     "remove_regularization",
     "virtual_adversarial_training",
 ]
