@@ -146,5 +146,5 @@ def spectral_norm_bounds(weight, tolerance=1e-3):
     upper = frobenius * ops.exp(0.5 * log_lambda)
     start = ops.convert_to_tensor(initial_vector(size), dtype=power.dtype)
     u = ops.stop_gradient(l2_normalize(ops.matmul(power, start)))
-    lower = ops.sqrt(ops.sum(ops.square(ops.matmul(matrix, u))))
+    lower = ops.sqrt(ops.maximum(ops.sum(ops.square(ops.matmul(matrix, u))), _TINY))
     return lower, upper
