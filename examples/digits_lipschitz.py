@@ -216,7 +216,7 @@ def plot(path, results):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     epsilons = (0.0, *EPSILONS)
     for variant, runs in results.items():
         curves = np.array([[r["accuracy"], *r["fgsm"]] for r in runs])
@@ -251,7 +251,7 @@ def plot(path, results):
             capsize=3,
             label=label,
         )
-    right.set_xticks(positions, [VARIANTS[n] for n in names], fontsize=8)
+    right.set_xticks(positions, names)
     right.set_yscale("log")
     right.set_title("Lipschitz bound vs empirical gradient norm (logits, L2)")
     right.legend(fontsize=8)
