@@ -7,7 +7,7 @@ Example:
     >>> model.fit(x, y)
 """
 
-from keras_reg import callbacks, losses, metrics
+from keras_reg import callbacks, constraints, layers, losses, metrics, regularizers
 from keras_reg.training import (
     FGM,
     VAT,
@@ -39,14 +39,17 @@ __all__ = [
     "VAT",
     "adversarial_training",
     "callbacks",
+    "constraints",
     "gradient_penalty",
     "input_gradient_penalty",
     "install_regularizer",
     "installed_regularizer",
+    "layers",
     "losses",
     "metrics",
     "noise_training",
     "parameter_gradient_penalty",
+    "regularizers",
     "remove_regularization",
     "virtual_adversarial_training",
 ]
