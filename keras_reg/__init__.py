@@ -11,8 +11,10 @@ from keras_reg import callbacks, losses, metrics
 from keras_reg.training import (
     FGM,
     VAT,
+    LossBalancing,
     TrainingRegularizer,
     adversarial_training,
+    balance_losses,
     installed_regularizer,
     virtual_adversarial_training,
 )
@@ -23,9 +25,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FGM",
+    "LossBalancing",
     "TrainingRegularizer",
     "VAT",
     "adversarial_training",
+    "balance_losses",
     "callbacks",
     "install_regularizer",
     "installed_regularizer",
