@@ -257,6 +257,37 @@ def test_per_output_logs_are_keras_own_and_weights_are_their_inverses():
     np.testing.assert_allclose(history["reg_loss"][0], l_reg, rtol=1e-5)
 
 
+class TwoHeads(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.shared = keras.layers.Dense(ref.HIDDEN)
+        self.heads = [keras.layers.Dense(1), keras.layers.Dense(1)]
+
+    def call(self, x):
+        h = self.shared(x)
+        return [head(h) for head in self.heads]
+
+
+def test_subclassed_model_and_outputs_sharing_a_loss_name():
+    rng = np.random.default_rng(14)
+    x, _, y_reg, _ = ref.batch(rng)
+    y = [y_reg / 30.0, y_reg]
+    model = TwoHeads()
+    model.compile(optimizer=keras.optimizers.SGD(1e-4), loss="mse")
+    # Before its first step the model cannot tell its output names: it trains
+    # balanced, without the per-task logs.
+    keras_reg.balance_losses(model)
+    assert np.allclose(_fit(model, x, y)["loss"], 2.0)
+    # After it, both outputs are named after their loss: numbered in the logs.
+    keras_reg.balance_losses(model)
+    history = _fit(model, x, y)
+    # The second target is 30x the first: its loss is hundreds of times larger.
+    ratio = history["mse_1_loss_weight"][0] / history["mse_2_loss_weight"][0]
+    assert ratio > 50, ratio
+    with pytest.raises(ValueError, match="no distinct names"):
+        keras_reg.balance_losses(model, "prior", y=y)
+
+
 # ---- errors --------------------------------------------------------------------------
 def test_single_output_model_is_refused():
     inputs = keras.Input((ref.IN,))

@@ -84,7 +84,10 @@ class LossBalancing(TrainingRegularizer):
     factors use each replica's shard of the batch. ``fit`` logs each task's
     effective factor w_i * a_i as ``<output>_loss_weight``; the per-output
     losses (``<output>_loss``) are Keras's own, and ``loss`` is the balanced
-    loss being optimized.
+    loss being optimized. The log names come from the output names at install:
+    a subclassed model that has never run has none yet and trains balanced
+    without them (install after its first ``fit`` or ``evaluate``); outputs
+    named alike (one loss for all outputs of a subclassed model) are numbered.
 
     Args:
         method: One of ``"realtime"``, ``"initial"``, ``"prior"``,
@@ -157,6 +160,7 @@ class LossBalancing(TrainingRegularizer):
         if self.method in _GRADIENT:
             _shared_layer(model, self.shared_layer)
         if self.method in _FIXED:
+            _check_distinct(names, model)
             x, y, _, _ = self.data
             if y is not None:
                 self.reference_losses = self._measure(model)
@@ -188,6 +192,7 @@ class LossBalancing(TrainingRegularizer):
             names = task_losses.declared_tasks(model)
             if names is None or len(names) < 2:
                 raise ValueError(_one_loss_message(model, names))
+            _check_distinct(names, model)
             measured = {name: logs.get(f"{name}_loss") for name in names}
         else:
             measured = {
@@ -199,7 +204,7 @@ class LossBalancing(TrainingRegularizer):
         return _references(measured, self.method, measured=True)
 
     def logged_terms(self):
-        return tuple(f"{name}_loss_weight" for name in self.names or ())
+        return tuple(_terms(self.names or ()))
 
     # ---- inside the train step ------------------------------------------------
     def regularized_loss(self, step):
@@ -212,10 +217,11 @@ class LossBalancing(TrainingRegularizer):
             for w, a in zip(tasks.weights, self._task_factors(step, tasks))
         ]
         balanced = 0.0
-        for name, factor, value in zip(tasks.names, factors, tasks.values):
+        logged = set(self.logged_terms())
+        for term, factor, value in zip(_terms(tasks.names), factors, tasks.values):
             balanced = balanced + ops.cast(factor, value.dtype) * value
-            if self.names is not None and name in self.names:
-                step.log(f"{name}_loss_weight", factor)
+            if term in logged:
+                step.log(term, factor)
         return task_losses.scale_for_replicas(
             model, balanced
         ) + task_losses.added_losses(model)
@@ -370,6 +376,27 @@ def _check_covered(references, names, model):
             f"`reference_losses` must name exactly the outputs with a loss of "
             f"model {model.name!r}: {sorted(names)}; received "
             f"{sorted(references)}."
+        )
+
+
+def _terms(names):
+    """Returns the log names ``<output>_loss_weight`` (numbered where repeated)."""
+    names = list(names)
+    terms, seen = [], {}
+    for name in names:
+        if names.count(name) > 1:
+            seen[name] = seen.get(name, 0) + 1
+            name = f"{name}_{seen[name]}"
+        terms.append(f"{name}_loss_weight")
+    return terms
+
+
+def _check_distinct(names, model):
+    if names is not None and len(set(names)) != len(names):
+        raise ValueError(
+            f"The outputs of model {model.name!r} have no distinct names "
+            f"({names}), so their reference losses cannot be told apart: compile "
+            "with a dict of losses by output name, or name the output layers."
         )
 
 
