@@ -15,6 +15,11 @@ from keras_reg._compat import keras
 from keras_reg.training import step as step_module
 from keras_reg.training import task_losses
 from keras_reg.training.regularizer import TrainingRegularizer, register
+from keras_reg.training.task_gradients import (
+    inverse,
+    min_norm_weights,
+    representation_gradients,
+)
 from keras_reg.validation import check_options, choice
 
 ops = keras.ops
@@ -22,7 +27,6 @@ ops = keras.ops
 METHODS = ("realtime", "initial", "prior", "gradient", "pareto")
 _FIXED = ("initial", "prior")
 _GRADIENT = ("gradient", "pareto")
-_FRANK_WOLFE_STEPS = 25
 
 
 @register
@@ -197,7 +201,10 @@ class LossBalancing(TrainingRegularizer):
         else:
             measured = {
                 name: task_losses.prior_loss(
-                    model, loss, _target(y, name, model), _weight(sample_weight, name)
+                    model,
+                    loss,
+                    task_losses.targets_of(y, name, model),
+                    task_losses.weights_of(sample_weight, name),
                 )
                 for name, loss in task_losses.task_loss_functions(model)
             }
@@ -229,13 +236,19 @@ class LossBalancing(TrainingRegularizer):
     def _task_factors(self, step, tasks):
         """Returns a_i for each task (before the compiled loss_weights)."""
         if self.method in _FIXED:
+            missing = set(tasks.names) - set(self.reference_losses)
+            if missing:
+                raise ValueError(
+                    f"No reference loss for output(s) {sorted(missing)}; "
+                    f"reference_losses has {sorted(self.reference_losses)}."
+                )
             return [1.0 / self.reference_losses[name] for name in tasks.names]
         if self.method == "realtime":
             return [_realtime(value, self.gamma) for value in tasks.values]
         count = len(tasks.values)
-        gradients = _representation_gradients(step, self.shared_layer, count)
+        gradients = representation_gradients(step, self.shared_layer, count)
         if self.method == "gradient":
-            return [_inverse(ops.sqrt(ops.sum(ops.square(g)))) for g in gradients]
+            return [inverse(ops.sqrt(ops.sum(ops.square(g)))) for g in gradients]
         weighted = [g * ops.cast(w, g.dtype) for g, w in zip(gradients, tasks.weights)]
         return list(ops.unstack(min_norm_weights(weighted), axis=0))
 
@@ -253,83 +266,6 @@ def _realtime(loss, gamma):
     size = ops.abs(ops.cast(ops.stop_gradient(loss), "float32"))
     safe = ops.maximum(size, 1e-30)
     return ops.where(size > 0, ops.power(safe, gamma - 1.0), ops.zeros_like(safe))
-
-
-def _inverse(norm):
-    norm = ops.cast(norm, "float32")
-    return ops.where(norm > 0, 1.0 / ops.maximum(norm, 1e-30), ops.zeros_like(norm))
-
-
-def _representation_gradients(step, layer_name, count):
-    """Returns grad_h L_i for each task i, h the shared layer's output (constants).
-
-    One inference-mode forward pass finds h; then, for each task, a pass with
-    h + delta and the gradient of that task's loss at delta = 0 (dropout off,
-    BatchNormalization on its moving statistics, nothing written).
-    """
-    model = step.model
-    layer = _shared_layer(model, layer_name)
-    seen = {}
-
-    def capture(output, inputs):
-        del inputs
-        seen["h"] = output
-        return output
-
-    step.forward(step.x, training=False, layer=layer, transform=capture)
-    zero = ops.zeros(ops.shape(seen["h"]), "float32")
-
-    def task_loss(index):
-        def loss(delta):
-            def shifted(output, inputs):
-                del inputs
-                return output + ops.cast(delta, output.dtype)
-
-            y_pred = step.forward(
-                step.x, training=False, layer=layer, transform=shifted
-            )
-            values = task_losses.task_losses(model, step.y, y_pred, step.sample_weight)
-            return ops.cast(values.values[index], "float32")
-
-        return loss
-
-    return [step.gradient_of(task_loss(i), zero) for i in range(count)]
-
-
-def min_norm_weights(gradients, steps=_FRANK_WOLFE_STEPS):
-    """Returns a on the simplex minimising ||sum_i a_i g_i|| (Frank-Wolfe).
-
-    Each iteration moves towards the vertex e_t with the smallest
-    <g_t, sum_i a_i g_i>, by the exact line search on the segment.
-
-    Args:
-        gradients: A list of tensors of one shape.
-        steps: Frank-Wolfe iterations.
-
-    Returns:
-        A float32 vector of ``len(gradients)`` weights summing to 1.
-    """
-    flat = ops.stack(
-        [ops.reshape(ops.cast(g, "float32"), (-1,)) for g in gradients], axis=0
-    )
-    gram = ops.matmul(flat, ops.transpose(flat))
-    count = len(gradients)
-    weights = ops.ones((count,), "float32") / count
-    diagonal = ops.diagonal(gram)
-    for _ in range(steps):
-        products = ops.matmul(gram, weights)
-        vertex = ops.argmin(products)
-        a = ops.sum(weights * products)  # ||v||^2
-        b = ops.take(products, vertex)  # <v, g_t>
-        c = ops.take(diagonal, vertex)  # ||g_t||^2
-        denominator = a + c - 2.0 * b
-        move = ops.where(
-            denominator > 0,
-            ops.clip((a - b) / ops.maximum(denominator, 1e-30), 0.0, 1.0),
-            0.0,
-        )
-        weights = (1.0 - move) * weights + move * ops.one_hot(vertex, count)
-    return weights
 
 
 # ---- argument checks ------------------------------------------------------------
@@ -408,32 +344,6 @@ def _shared_layer(model, name):
             f"No layer named {name!r} in model {model.name!r} (shared_layer): "
             "name the last layer whose output every head reads."
         ) from error
-
-
-def _target(y, name, model):
-    """Returns the targets of output ``name`` from ``y`` as passed to ``fit``."""
-    if isinstance(y, dict):
-        if name not in y:
-            raise ValueError(f"`y` has no targets for output {name!r}: {sorted(y)}.")
-        return y[name]
-    if isinstance(y, (list, tuple)):
-        names = list(model.output_names)
-        if len(y) != len(names):
-            raise ValueError(
-                f"`y` has {len(y)} arrays but model {model.name!r} has "
-                f"{len(names)} outputs ({names}); pass a dict by output name."
-            )
-        return y[names.index(name)]
-    raise ValueError(
-        "`y` must hold one array per output (a list in output order, or a dict "
-        f"by output name), received {type(y).__name__}."
-    )
-
-
-def _weight(sample_weight, name):
-    if isinstance(sample_weight, dict):
-        return sample_weight.get(name)
-    return sample_weight
 
 
 def _one_loss_message(model, names):

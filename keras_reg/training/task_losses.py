@@ -313,3 +313,31 @@ def _mean_loss(model, loss, y_true, y_pred, sample_weight):
     if sample_weight is not None:
         values = values * sample_weight.reshape((-1,) + (1,) * (values.ndim - 1))
     return float(values.sum() / values.size)
+
+
+def targets_of(y, name, model):
+    """Returns the targets of output ``name`` from ``y`` as passed to ``fit``."""
+    if isinstance(y, dict):
+        if name not in y:
+            raise ValueError(f"`y` has no targets for output {name!r}: {sorted(y)}.")
+        return y[name]
+    if isinstance(y, (list, tuple)):
+        names = _output_names(model) or []
+        if len(y) != len(names) or name not in names:
+            raise ValueError(
+                f"`y` has {len(y)} arrays but model {model.name!r} has "
+                f"{len(names) or 'unknown'} named outputs ({names}); pass a dict "
+                "by output name."
+            )
+        return y[names.index(name)]
+    raise ValueError(
+        "`y` must hold one array per output (a list in output order, or a dict "
+        f"by output name), received {type(y).__name__}."
+    )
+
+
+def weights_of(sample_weight, name):
+    """Returns the sample weights of output ``name`` (one array serves all)."""
+    if isinstance(sample_weight, dict):
+        return sample_weight.get(name)
+    return sample_weight
