@@ -9,6 +9,7 @@ from keras_reg.training.gradient_penalty import (
     input_gradient_penalty,
     parameter_gradient_penalty,
 )
+from keras_reg.training.multitask import LossBalancing, balance_losses
 from keras_reg.training.noise import NoiseTraining, noise_training
 from keras_reg.training.regularizer import TrainingRegularizer
 from keras_reg.training.step import install, installed_regularizer, remove
@@ -18,17 +19,19 @@ __all__ = [
     "FGM",
     "GradientPenalty",
     "InputGradientPenalty",
+    "LossBalancing",
     "NoiseTraining",
     "ParameterGradientPenalty",
     "TrainingRegularizer",
     "VAT",
     "adversarial_training",
+    "balance_losses",
     "gradient_penalty",
     "input_gradient_penalty",
     "install",
+    "installed_regularizer",
     "noise_training",
     "parameter_gradient_penalty",
-    "installed_regularizer",
     "remove",
     "virtual_adversarial_training",
 ]

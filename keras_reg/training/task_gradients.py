@@ -1,0 +1,92 @@
+"""Per-task gradients at a shared layer's output, and the min-norm combination.
+
+The gradient methods of `keras_reg.training.multitask`: Su Jianlin's part 2
+(https://kexue.fm/archives/8896) bounds the gradient with respect to the
+shared weights by the one with respect to the shared representation h, which
+costs one forward and backward pass per task.
+"""
+
+from keras_reg._compat import keras
+from keras_reg.training import task_losses
+
+ops = keras.ops
+
+FRANK_WOLFE_STEPS = 25
+
+
+def inverse(norm):
+    """Returns 1 / norm, 0 where the norm is 0 (a task with nothing to learn)."""
+    norm = ops.cast(norm, "float32")
+    return ops.where(norm > 0, 1.0 / ops.maximum(norm, 1e-30), ops.zeros_like(norm))
+
+
+def representation_gradients(step, layer_name, count):
+    """Returns grad_h L_i for each task i, h the shared layer's output (constants).
+
+    One inference-mode forward pass finds h; then, for each task, a pass with
+    h + delta and the gradient of that task's loss at delta = 0 (dropout off,
+    BatchNormalization on its moving statistics, nothing written).
+    """
+    model = step.model
+    layer = model.get_layer(layer_name)
+    seen = {}
+
+    def capture(output, inputs):
+        del inputs
+        seen["h"] = output
+        return output
+
+    step.forward(step.x, training=False, layer=layer, transform=capture)
+    zero = ops.zeros(ops.shape(seen["h"]), "float32")
+
+    def task_loss(index):
+        def loss(delta):
+            def shifted(output, inputs):
+                del inputs
+                return output + ops.cast(delta, output.dtype)
+
+            y_pred = step.forward(
+                step.x, training=False, layer=layer, transform=shifted
+            )
+            values = task_losses.task_losses(model, step.y, y_pred, step.sample_weight)
+            return ops.cast(values.values[index], "float32")
+
+        return loss
+
+    return [step.gradient_of(task_loss(i), zero) for i in range(count)]
+
+
+def min_norm_weights(gradients, steps=FRANK_WOLFE_STEPS):
+    """Returns a on the simplex minimising ||sum_i a_i g_i|| (Frank-Wolfe).
+
+    Each iteration moves towards the vertex e_t with the smallest
+    <g_t, sum_i a_i g_i>, by the exact line search on the segment.
+
+    Args:
+        gradients: A list of tensors of one shape.
+        steps: Frank-Wolfe iterations.
+
+    Returns:
+        A float32 vector of ``len(gradients)`` weights summing to 1.
+    """
+    flat = ops.stack(
+        [ops.reshape(ops.cast(g, "float32"), (-1,)) for g in gradients], axis=0
+    )
+    gram = ops.matmul(flat, ops.transpose(flat))
+    count = len(gradients)
+    weights = ops.ones((count,), "float32") / count
+    diagonal = ops.diagonal(gram)
+    for _ in range(steps):
+        products = ops.matmul(gram, weights)
+        vertex = ops.argmin(products)
+        a = ops.sum(weights * products)  # ||v||^2
+        b = ops.take(products, vertex)  # <v, g_t>
+        c = ops.take(diagonal, vertex)  # ||g_t||^2
+        denominator = a + c - 2.0 * b
+        move = ops.where(
+            denominator > 0,
+            ops.clip((a - b) / ops.maximum(denominator, 1e-30), 0.0, 1.0),
+            0.0,
+        )
+        weights = (1.0 - move) * weights + move * ops.one_hot(vertex, count)
+    return weights
