@@ -308,7 +308,9 @@ def test_nan_batch_poisons_no_more_weights_than_plain_keras(l2, rng):
 def test_logs_show_the_adversarial_loss_and_removal_drops_it(rng):
     x, y, w = models.batch(rng)
     model = _compiled(lr=0.0)
+    count = len(model.get_weights())
     keras_reg.adversarial_training(model, "emb", epsilon=EPSILON)
+    assert len(model.get_weights()) == count  # a logged term is not a weight
     history = model.fit(x, y, batch_size=len(x), epochs=2, verbose=0).history
     assert history["adversarial_loss"] == pytest.approx(history["loss"], rel=1e-6)
     keras_reg.remove_regularization(model)

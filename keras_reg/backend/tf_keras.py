@@ -26,13 +26,23 @@ __all__ = [
 
 
 def attach_metric(model, name):
-    """Attaches a tf_keras ``Mean`` called ``name`` to ``model`` (see tracking.py)."""
+    """Attaches a tf_keras ``Mean`` called ``name`` to ``model``'s metrics.
+
+    Appended to the model's own metric list, which ``model.metrics`` (hence
+    ``fit``'s logs and resets) reads: a tf_keras metric is a layer, and one
+    assigned as an attribute would become a sub-layer whose variables join
+    ``model.weights`` (and ``get_weights`` / checkpoints).
+    """
     import tf_keras
 
-    return tracking.attach_metric(model, name, tf_keras.metrics.Mean)
+    metric = tf_keras.metrics.Mean(name=name)
+    model._metrics.append(metric)
+    return metric
 
 
-detach_metric = tracking.detach_metric
+def detach_metric(model, metric):
+    """Removes a metric attached by `attach_metric`."""
+    model._metrics[:] = [m for m in model._metrics if m is not metric]
 
 
 def _total_loss_tracker(model):

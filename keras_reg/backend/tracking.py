@@ -17,15 +17,14 @@ from keras_reg._compat import keras
 _PREFIX = "_keras_reg_term_"
 
 
-def attach_metric(model, name, mean_class=None):
+def attach_metric(model, name):
     """Attaches a ``Mean`` metric called ``name`` to ``model`` and returns it.
 
     Args:
         model: The model being trained.
         name: The log key, e.g. ``'vat_loss'``.
-        mean_class: The framework's ``Mean`` class (default: Keras 3's).
     """
-    metric = (mean_class or keras.metrics.Mean)(name=name)
+    metric = keras.metrics.Mean(name=name)
     # A built Keras 3 layer locks its tracker against new state: a metric is
     # not model state (it is never saved), so let this one in.
     tracker = getattr(model, "_tracker", None)
@@ -42,11 +41,7 @@ def attach_metric(model, name, mean_class=None):
 
 def detach_metric(model, metric):
     """Removes a metric attached by `attach_metric` from ``model``."""
-    tracker = getattr(model, "_tracker", None)
-    if tracker is not None:
-        tracker.untrack(metric)
-    else:  # tf_keras keeps attribute-assigned metrics in a plain list.
-        model._metrics[:] = [m for m in model._metrics if m is not metric]
+    model._tracker.untrack(metric)
     attribute = _PREFIX + metric.name
     if attribute in model.__dict__:
         object.__delattr__(model, attribute)

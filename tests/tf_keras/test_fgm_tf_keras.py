@@ -171,3 +171,17 @@ def test_bert4keras_errors_list_embedding_layers():
     model = _tiny_bert()
     with pytest.raises(ValueError, match="'Embedding-Token'"):
         keras_reg.adversarial_training(model, "Embedding-Tokens")
+
+
+def test_logged_terms_are_not_model_weights():
+    """A tf_keras metric is a layer: assigned as an attribute it would join
+    get_weights() and checkpoints, and stay there after removal."""
+    model = _tiny_bert()
+    count = len(model.get_weights())
+    keras_reg.adversarial_training(model, "Embedding-Token", epsilon=EPSILON)
+    x, y = _bert_batch()
+    assert "adversarial_loss" in model.fit(x, y, verbose=0).history
+    assert len(model.get_weights()) == count
+    keras_reg.remove_regularization(model)
+    assert len(model.get_weights()) == count
+    assert "adversarial_loss" not in model.fit(x, y, verbose=0).history
