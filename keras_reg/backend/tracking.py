@@ -73,14 +73,25 @@ def quiet_loss_metrics(model, keep_per_output=False):
 
 @contextlib.contextmanager
 def quiet(metrics):
-    """Makes ``update_state`` of each metric a no-op inside the block.
+    """Makes ``update_state`` of each metric a no-op inside the block."""
+    with updates_replaced(metrics, lambda metric: _no_update):
+        yield
+
+
+@contextlib.contextmanager
+def updates_replaced(metrics, replacement):
+    """Replaces each metric's ``update_state`` by ``replacement(metric)`` in the block.
 
     tf_keras metrics hold a wrapped ``update_state`` in their instance
     dictionary: it is put back as it was.
+
+    Args:
+        metrics: Keras 3 or tf_keras metrics.
+        replacement: ``replacement(metric) -> update_state function``.
     """
     saved = [metric.__dict__.get("update_state") for metric in metrics]
     for metric in metrics:
-        object.__setattr__(metric, "update_state", _no_update)
+        object.__setattr__(metric, "update_state", replacement(metric))
     try:
         yield
     finally:

@@ -16,13 +16,13 @@ place for it. It reads private attributes of both frameworks (named above):
 they are the only place the per-output losses exist.
 """
 
-import contextlib
 from typing import NamedTuple
 
 import numpy as np
 
 from keras_reg import backend
 from keras_reg._compat import keras
+from keras_reg.backend import tracking
 
 _CLASSIFICATION = {
     "sparse_categorical_crossentropy": "sparse",
@@ -146,32 +146,17 @@ def task_losses(model, y, y_pred, sample_weight):
     )
 
 
-@contextlib.contextmanager
 def _recording(metrics, record):
-    """Records, instead of applying, the ``update_state`` values of ``metrics``.
+    """Records, instead of applying, the ``update_state`` values of ``metrics``."""
 
-    tf_keras metrics hold a wrapped ``update_state`` in their instance
-    dictionary: it is put back as it was.
-    """
-    saved = [metric.__dict__.get("update_state") for metric in metrics]
-
-    def recorder(key):
+    def recorder(metric):
         def update_state(value, *args, **kwargs):
             del args, kwargs
-            record[key] = value
+            record[id(metric)] = value
 
         return update_state
 
-    for metric in metrics:
-        object.__setattr__(metric, "update_state", recorder(id(metric)))
-    try:
-        yield
-    finally:
-        for metric, own in zip(metrics, saved):
-            if own is None:
-                object.__delattr__(metric, "update_state")
-            else:
-                object.__setattr__(metric, "update_state", own)
+    return tracking.updates_replaced(metrics, recorder)
 
 
 def added_losses(model):
