@@ -7,8 +7,11 @@ model's raw logits (no sigmoid).
 """
 
 from keras_reg._compat import keras
+from keras_reg.validation import same_shape
 
 ops = keras.ops
+
+_DENSE_HINT = "y_true holds one 0/1 (or soft) label per class, the shape of the logits."
 
 
 def multilabel_predictions(logits):
@@ -68,10 +71,15 @@ def multilabel_exact_match(y_true, y_pred):
 
     Returns:
         A float tensor of shape ``y_pred.shape[:-1]``.
+
+    Raises:
+        ValueError: ``y_true`` and ``y_pred`` have different static shapes.
     """
     y_pred = ops.convert_to_tensor(y_pred)
+    y_true = ops.cast(y_true, y_pred.dtype)
+    same_shape("multilabel_exact_match", y_true, y_pred, hint=_DENSE_HINT)
     predicted = ops.greater(y_pred, 0)
-    actual = ops.greater(ops.cast(y_true, y_pred.dtype), 0.5)
+    actual = ops.greater(y_true, 0.5)
     return ops.cast(ops.all(ops.equal(predicted, actual), axis=-1), "float32")
 
 
@@ -126,10 +134,16 @@ class MultilabelF1(keras.metrics.F1Score):
         super().__init__(average=average, threshold=0.5, name=name, dtype=dtype)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        """Accumulates counts for the predictions ``y_pred > 0``."""
+        """Accumulates counts for the predictions ``y_pred > 0``.
+
+        Raises:
+            ValueError: ``y_true`` and ``y_pred`` have different static shapes.
+        """
         y_pred = ops.convert_to_tensor(y_pred)
+        y_true = ops.cast(y_true, self.dtype)
+        same_shape("MultilabelF1", y_true, y_pred, hint=_DENSE_HINT)
         predicted = ops.cast(ops.greater(y_pred, 0), self.dtype)
-        actual = ops.cast(ops.greater(ops.cast(y_true, self.dtype), 0.5), self.dtype)
+        actual = ops.cast(ops.greater(y_true, 0.5), self.dtype)
         super().update_state(actual, predicted, sample_weight=sample_weight)
 
     def get_config(self):

@@ -112,16 +112,31 @@ def choice(name, value, allowed):
     return value
 
 
-def boolean(name, value):
-    """Returns ``value`` after checking it is a bool (not a string such as 'False').
+def boolean(name, value, hint=None):
+    """Returns ``value`` as a Python bool after checking that it is a real boolean.
+
+    Only ``True``, ``False`` and NumPy booleans are accepted: a string such as
+    ``"False"`` or ``"no"`` is truthy and an integer flag is ambiguous, so both
+    are rejected instead of being read as a truth value.
+
+    Args:
+        name: The argument's name, used in the error message.
+        value: The value received.
+        hint: What each setting means, appended to the error message
+            (default: "Pass name=True or name=False.").
+
+    Returns:
+        ``bool(value)``.
 
     Raises:
-        ValueError: ``value`` is not ``True`` or ``False``.
+        ValueError: ``value`` is not a boolean.
     """
-    if not isinstance(value, bool) and type(value).__name__ != "bool_":
+    if hint is None:
+        hint = f"Pass {name}=True or {name}=False."
+    if not isinstance(value, (bool, np.bool_)):
         raise ValueError(
             f"`{name}` must be True or False, received {name}={value!r} "
-            f"({type(value).__name__}). Pass {name}=True or {name}=False."
+            f"(type {type(value).__name__}). {hint}"
         )
     return bool(value)
 
@@ -145,3 +160,53 @@ def integer_argument(name, value, minimum, example):
             f"({type(value).__name__}). Pass for example {name}={example}."
         )
     return int(value)
+
+
+def static_shape(x):
+    """Returns the static shape of a tensor as a tuple (None for unknown sizes).
+
+    Args:
+        x: A tensor of any backend (or anything with a ``shape``).
+
+    Returns:
+        A tuple of ints and Nones, or None when even the rank is unknown.
+    """
+    shape = getattr(x, "shape", None)
+    if shape is None or getattr(shape, "rank", 0) is None:
+        return None
+    return tuple(None if size is None else int(size) for size in shape)
+
+
+def shapes_match(shape_a, shape_b):
+    """Whether two static shapes can be equal: same rank, same known sizes."""
+    if shape_a is None or shape_b is None:
+        return True
+    if len(shape_a) != len(shape_b):
+        return False
+    return all(a is None or b is None or a == b for a, b in zip(shape_a, shape_b))
+
+
+def same_shape(owner, y_true, y_pred, hint=""):
+    """Checks that ``y_true`` and ``y_pred`` have the same static shape.
+
+    Element-wise losses and metrics would otherwise broadcast labels of the wrong
+    shape (e.g. ``(batch, 1)`` against ``(batch, num_classes)``) and return a
+    wrong value without an error. Sizes unknown at trace time are not checked.
+
+    Args:
+        owner: The name of the loss or metric, used in the error message.
+        y_true: The labels, as a tensor.
+        y_pred: The predictions, as a tensor.
+        hint: Appended to the error message (e.g. which function to use instead).
+
+    Raises:
+        ValueError: The static shapes differ.
+    """
+    true_shape, pred_shape = static_shape(y_true), static_shape(y_pred)
+    if not shapes_match(true_shape, pred_shape):
+        raise ValueError(
+            f"{owner} expects y_true and y_pred of the same shape "
+            f"(..., num_classes); they would broadcast to a wrong value. "
+            f"Received: y_true.shape={true_shape}, y_pred.shape={pred_shape}."
+            + (f" {hint}" if hint else "")
+        )

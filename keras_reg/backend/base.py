@@ -80,6 +80,17 @@ class Step(abc.ABC):
             )
         self._metrics[name].update_state(self._constant(value))
 
+    def loss_plus(self, term):
+        """Returns ``loss + term``, the term cast to the loss's dtype.
+
+        Regularisers compute their terms in float32; tf_keras computes a
+        mixed-precision loss in float16 (Keras 3's is float32 already).
+        """
+        dtype = getattr(self.loss, "dtype", None)
+        if dtype is not None:
+            term = keras.ops.cast(term, keras.backend.standardize_dtype(dtype))
+        return self.loss + term
+
     def _constant(self, value):
         return keras.ops.stop_gradient(keras.ops.cast(value, "float32"))
 
@@ -138,8 +149,11 @@ class Step(abc.ABC):
         """
 
     @abc.abstractmethod
-    def output_gradients(self, layer):
+    def output_gradients(self, layer, of=None):
         """Returns dL/d(output) for each lookup of ``layer`` in the step's pass.
+
+        With ``of``, the gradients of ``of(y_pred)`` (a scalar function of the
+        model's output in the step's pass) instead of the loss's.
 
         The outputs are those of the layer's lookups (`is_lookup`) in the
         step's own forward pass (one tensor per call: a shared embedding called
@@ -148,6 +162,34 @@ class Step(abc.ABC):
 
         Args:
             layer: A layer the regulariser declared in ``watched_outputs``.
+            of: Optional ``of(y_pred) -> scalar`` to differentiate instead of
+                the loss (not scaled: it is not the loss).
+        """
+
+    @abc.abstractmethod
+    def input_gradients(self, of):
+        """Returns d of(y_pred) / d x for each float input tensor of the batch.
+
+        ``of`` is a scalar function of the model's output in the step's own
+        forward pass; the gradients are differentiable (double backprop). The
+        regulariser must declare ``watches_inputs``.
+
+        Args:
+            of: ``of(y_pred) -> scalar``.
+
+        Returns:
+            A list, one gradient per float tensor of ``x`` (in
+            ``keras.tree.flatten`` order).
+        """
+
+    @abc.abstractmethod
+    def training_loss(self, x=None, layer=None, transform=None):
+        """Returns the training loss of one more training-mode pass on the batch.
+
+        Args:
+            x: Inputs to use instead of the batch's (same structure).
+            layer: A layer whose output ``transform(output, inputs)`` replaces.
+            transform: See ``layer``.
         """
 
     def squared_norm(self, gradient):
@@ -182,6 +224,12 @@ class Step(abc.ABC):
             is a pure function of the model's state).
         """
         return generator
+
+    def _inputs_of(self, x):
+        """The float tensors of ``x``, in ``keras.tree.flatten`` order."""
+        return [
+            t for t in keras.tree.flatten(x) if keras.backend.is_float_dtype(t.dtype)
+        ]
 
     def forward(self, x, training=False, layer=None, transform=None):
         """Returns the model's output on ``x``, optionally transforming a layer's.

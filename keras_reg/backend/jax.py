@@ -54,7 +54,7 @@ class Recorder(NamedTuple):
 
 
 @contextlib.contextmanager
-def step_scope(model, variables, step_args=(), layers=()):
+def step_scope(model, variables, step_args=(), layers=(), inputs=False):
     """Keeps the train step's state argument for the step's regulariser.
 
     Args:
@@ -63,13 +63,14 @@ def step_scope(model, variables, step_args=(), layers=()):
             (unused: JAX recomputes, it does not record).
         layers: Layers whose outputs regularisers differentiate with respect
             to (unused, likewise).
+        inputs: Whether regularisers differentiate w.r.t. the inputs (unused).
         step_args: The positional arguments of ``train_step``:
             ``(state, data)`` for Keras's JAX trainer.
 
     Yields:
         A `Recorder`.
     """
-    del model, variables, layers
+    del model, variables, layers, inputs
     state = step_args[0] if step_args else None
     if not (isinstance(state, (tuple, list)) and len(state) == 4):
         state = None
@@ -123,7 +124,7 @@ class Step(stateless.Step):
         gradients = jax.grad(scaled_loss)([v.value for v in variables])
         return [self._unscaled(g) for g in gradients]
 
-    def output_gradients(self, layer):
+    def output_gradients(self, layer, of=None):
         start = self._start_values()
         lookups = []
 
@@ -149,11 +150,36 @@ class Step(stateless.Step):
                     return output + pending.pop(0)
                 return output
 
+            if of is not None:
+                return of(
+                    self.pass_loss(
+                        start=start, keep=False, layer=layer, transform=add, output=True
+                    )
+                )
             loss = self.pass_loss(start=start, keep=False, layer=layer, transform=add)
             return self.scale_loss(loss)
 
         zeros = [jax.numpy.zeros(s.shape, s.dtype) for s in lookups]
-        return [self._unscaled(g) for g in jax.grad(scaled_loss)(zeros)]
+        gradients = jax.grad(scaled_loss)(zeros)
+        if of is not None:
+            return gradients
+        return [self._unscaled(g) for g in gradients]
+
+    def input_gradients(self, of):
+        start = self._start_values()
+        leaves = keras.tree.flatten(self.x)
+        floats = [i for i, t in enumerate(leaves) if jax.numpy.issubdtype(
+            t.dtype, jax.numpy.floating
+        )]
+
+        def projected(values):
+            replaced = list(leaves)
+            for i, value in zip(floats, values):
+                replaced[i] = value
+            x = keras.tree.pack_sequence_as(self.x, replaced)
+            return of(self.pass_loss(x=x, start=start, keep=False, output=True))
+
+        return jax.grad(projected)([leaves[i] for i in floats])
 
     def _unscaled(self, gradient):
         return gradient / self.scale_loss(jax.numpy.ones((), gradient.dtype))

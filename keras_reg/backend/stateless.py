@@ -153,8 +153,19 @@ class Step(base.Step):
         perturbed = ops.add(variable.value, ops.cast(perturbation, variable.dtype))
         return self.pass_loss(values=[(variable, perturbed)])
 
+    def training_loss(self, x=None, layer=None, transform=None):
+        return self.pass_loss(x=x, layer=layer, transform=transform)
+
     def pass_loss(
-        self, values=(), start=(), layer=None, transform=None, keep=True, around=None
+        self,
+        values=(),
+        start=(),
+        layer=None,
+        transform=None,
+        keep=True,
+        around=None,
+        x=None,
+        output=False,
     ):
         """Returns the training loss of one extra forward pass on the batch.
 
@@ -166,17 +177,20 @@ class Step(base.Step):
             keep: Keep the pass's non-trainable updates (see `substituted`).
             around: A context manager entered around the forward pass and its
                 loss, inside the substituted scope (e.g. `reads.recorded_reads`).
+            x: Inputs to use instead of the batch's.
+            output: Return the model's output instead of the loss.
         """
+        x = self.x if x is None else x
         fallback = self._state_values()
         with substituted(self.model, values, start, keep, fallback), (
             around or contextlib.nullcontext()
         ):
-            y_pred = self.forward(
-                self.x, training=True, layer=layer, transform=transform
-            )
+            y_pred = self.forward(x, training=True, layer=layer, transform=transform)
+            if output:
+                return y_pred
             with tracking.quiet_loss_metrics(self.model):
                 return self._compute_loss(
-                    self.x, self.y, y_pred, self.sample_weight, training=True
+                    x, self.y, y_pred, self.sample_weight, training=True
                 )
 
     def _state_values(self):

@@ -68,6 +68,7 @@ class Recorder:
     def __init__(self, tape, layers):
         self.tape = tape
         self.outputs = {id(layer): [] for layer in layers}
+        self.inputs = []
 
     def capture(self, layer):
         """Returns a `transformed_output` transform that watches the layer's output."""
@@ -83,7 +84,7 @@ class Recorder:
 
 
 @contextlib.contextmanager
-def step_scope(model, variables, step_args=(), layers=()):
+def step_scope(model, variables, step_args=(), layers=(), inputs=False):
     """Records the train step's forward pass for gradients w.r.t. ``variables``.
 
     Args:
@@ -92,16 +93,24 @@ def step_scope(model, variables, step_args=(), layers=()):
         step_args: The positional arguments of ``train_step`` (unused here).
         layers: Layers whose lookup outputs regularisers differentiate with
             respect to (`Step.output_gradients`).
+        inputs: Watch the batch's float inputs (`Step.input_gradients`).
 
     Yields:
         A `Recorder`.
     """
-    del model, step_args
+    del model
     tape = tf.GradientTape(watch_accessed_variables=False)
     recorder = Recorder(tape, layers)
     with tape, contextlib.ExitStack() as stack:
         for variable in variables:
             tape.watch(raw_variable(variable))
+        if inputs and step_args:
+            x, _, _ = keras.utils.unpack_x_y_sample_weight(step_args[-1])
+            recorder.inputs = [
+                t for t in tf.nest.flatten(x) if tf.as_dtype(t.dtype).is_floating
+            ]
+            for tensor in recorder.inputs:
+                tape.watch(tensor)
         for layer in layers:
             stack.enter_context(transformed_output(layer, recorder.capture(layer)))
         yield recorder
@@ -241,13 +250,29 @@ class Step(base.Step):
         )
         return [self._unscaled(g) for g in gradients]
 
-    def output_gradients(self, layer):
+    def output_gradients(self, layer, of=None):
         outputs = self._recorder.outputs[id(layer)]
         if not outputs:
             raise ValueError(base.NO_LOOKUP.format(name=layer.name))
+        if of is not None:
+            return self._recorder.tape.gradient(of(self.y_pred), outputs)
         loss = self.scale_loss(self.loss)
         gradients = self._recorder.tape.gradient(loss, outputs)
         return [self._unscaled(g) for g in gradients]
+
+    def input_gradients(self, of):
+        return self._recorder.tape.gradient(of(self.y_pred), self._recorder.inputs)
+
+    def training_loss(self, x=None, layer=None, transform=None):
+        x = self.x if x is None else x
+        context = (
+            contextlib.nullcontext()
+            if layer is None
+            else transformed_output(layer, transform)
+        )
+        with context:
+            y_pred = self.model(x, training=True)
+        return self._perturbed_loss(y_pred, x)
 
     def squared_norm(self, gradient):
         if gradient is None:
@@ -296,7 +321,7 @@ class Step(base.Step):
             context = perturbed(raw_variable(variable), perturbation)
         with context:
             y_pred = self.model(self.x, training=True)
-            return self._perturbed_loss(y_pred)
+            return self._perturbed_loss(y_pred, self.x)
 
     def _plain_lookup(self, layer, variable):
         """Whether perturbing the layer's output is perturbing E in every use.
@@ -316,8 +341,8 @@ class Step(base.Step):
     def _dense(self):
         return bool(getattr(self.model, "jit_compile", False))
 
-    def _perturbed_loss(self, y_pred):
+    def _perturbed_loss(self, y_pred, x):
         with quiet_loss_metrics(self.model):
             return self._compute_loss(
-                self.x, self.y, y_pred, self.sample_weight, training=True
+                x, self.y, y_pred, self.sample_weight, training=True
             )

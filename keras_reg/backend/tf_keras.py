@@ -81,6 +81,6 @@ class Step(tensorflow.Step):
 
         return tf_keras.layers.Embedding
 
-    def _perturbed_loss(self, y_pred):
+    def _perturbed_loss(self, y_pred, x):
         with quiet_loss_metrics(self.model):
-            return self._compute_loss(self.x, self.y, y_pred, self.sample_weight)
+            return self._compute_loss(x, self.y, y_pred, self.sample_weight)

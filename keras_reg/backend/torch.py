@@ -18,6 +18,7 @@ import contextlib
 
 import torch
 
+from keras_reg._compat import keras
 from keras_reg.backend import base, stateless
 from keras_reg.backend.interception import transformed_output
 from keras_reg.backend.tracking import (
@@ -47,6 +48,7 @@ class Recorder:
 
     def __init__(self, layers=()):
         self.outputs = {id(layer): [] for layer in layers}
+        self.inputs = []
 
     def capture(self, layer):
         """Returns a `transformed_output` transform keeping the layer's output."""
@@ -63,7 +65,7 @@ class Recorder:
 
 
 @contextlib.contextmanager
-def step_scope(model, variables, step_args=(), layers=()):
+def step_scope(model, variables, step_args=(), layers=(), inputs=False):
     """Makes frozen ``variables`` differentiable for the duration of one step.
 
     Args:
@@ -72,15 +74,24 @@ def step_scope(model, variables, step_args=(), layers=()):
         step_args: The positional arguments of ``train_step`` (unused).
         layers: Layers whose lookup outputs regularisers differentiate with
             respect to.
+        inputs: Make the batch's float inputs differentiable
+            (`Step.input_gradients`).
 
     Yields:
         A `Recorder`.
     """
-    del model, step_args
+    del model
     frozen = [v.value for v in variables if not getattr(v.value, "requires_grad", True)]
     for tensor in frozen:
         tensor.requires_grad_(True)
     recorder = Recorder(layers)
+    if inputs and step_args:
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(step_args[-1])
+        recorder.inputs = [
+            t.requires_grad_(True)
+            for t in keras.tree.flatten(x)
+            if torch.is_tensor(t) and torch.is_floating_point(t)
+        ]
     try:
         with contextlib.ExitStack() as stack:
             for layer in layers:
@@ -110,11 +121,23 @@ class Step(stateless.Step):
     def penalty_gradients(self, variables):
         return self._differentiable([v.value for v in variables])
 
-    def output_gradients(self, layer):
+    def output_gradients(self, layer, of=None):
         outputs = self._recorder.outputs[id(layer)]
         if not outputs:
             raise ValueError(base.NO_LOOKUP.format(name=layer.name))
+        if of is not None:
+            return self._graph_gradients(of(self.y_pred), outputs)
         return self._differentiable(outputs)
+
+    def input_gradients(self, of):
+        return self._graph_gradients(of(self.y_pred), self._recorder.inputs)
+
+    def _graph_gradients(self, value, tensors):
+        return list(
+            torch.autograd.grad(
+                value, tensors, create_graph=True, retain_graph=True, allow_unused=True
+            )
+        )
 
     def _differentiable(self, tensors):
         """Gradients of the clean loss w.r.t. ``tensors``, kept in the graph."""

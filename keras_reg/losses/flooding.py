@@ -2,29 +2,64 @@
 
 import math
 import numbers
+import re
 
 from keras_reg._compat import keras
 
 ops = keras.ops
 
 
+def _scope_name(fn):
+    """A name for ``fn`` that TensorFlow accepts as a name scope.
+
+    `keras.losses.Loss.__call__` opens a name scope with the loss's name, and
+    TensorFlow rejects names such as ``"<lambda>"`` once the step is traced
+    (only letters, digits and ``_ . - / >`` are allowed). Other characters
+    become ``"_"``; callables without ``__name__`` (e.g. ``functools.partial``)
+    take Keras's automatic name.
+    """
+    name = getattr(fn, "__name__", None)
+    if not isinstance(name, str):
+        return None
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", name) or None
+
+
 class _FunctionLoss(keras.losses.Loss):
     """Averages a per-example loss function over the batch (not serialised)."""
 
     def __init__(self, fn):
-        super().__init__(name=getattr(fn, "__name__", None))
+        super().__init__(name=_scope_name(fn))
         self.fn = fn
 
     def call(self, y_true, y_pred):
-        # As Keras does for loss functions: (batch,) labels vs (batch, 1)
-        # predictions must not broadcast to (batch, batch).
-        y_true = ops.convert_to_tensor(y_true)
-        y_pred = ops.convert_to_tensor(y_pred)
-        if len(y_true.shape) == len(y_pred.shape) + 1 and y_true.shape[-1] == 1:
-            y_true = ops.squeeze(y_true, axis=-1)
-        elif len(y_pred.shape) == len(y_true.shape) + 1 and y_pred.shape[-1] == 1:
-            y_pred = ops.squeeze(y_pred, axis=-1)
+        y_true, y_pred = _same_rank(
+            ops.convert_to_tensor(y_true), ops.convert_to_tensor(y_pred)
+        )
         return self.fn(y_true, y_pred)
+
+
+def _same_rank(y_true, y_pred):
+    """Aligns ranks that differ by a trailing 1, as Keras does for loss functions.
+
+    ``(batch,)`` labels against ``(batch, 1)`` predictions must neither
+    broadcast to ``(batch, batch)`` nor be squeezed to ``(batch,)``: a loss
+    function reducing the last axis would then return one batch value instead
+    of one value per example, and sample weights would only rescale it. The
+    rank-1 side is expanded to ``(batch, 1)``; otherwise the side with the
+    extra trailing 1 is squeezed (the rule of Keras's ``LossFunctionWrapper``).
+    """
+    true_rank, pred_rank = len(y_true.shape), len(y_pred.shape)
+    if true_rank == pred_rank + 1 and y_true.shape[-1] == 1:
+        if pred_rank == 1:
+            y_pred = ops.expand_dims(y_pred, axis=-1)
+        else:
+            y_true = ops.squeeze(y_true, axis=-1)
+    elif pred_rank == true_rank + 1 and y_pred.shape[-1] == 1:
+        if true_rank == 1:
+            y_true = ops.expand_dims(y_true, axis=-1)
+        else:
+            y_pred = ops.squeeze(y_pred, axis=-1)
+    return y_true, y_pred
 
 
 def _as_loss(loss):
@@ -59,12 +94,11 @@ def _as_loss(loss):
 
 
 def _check_level(level):
-    if (
-        isinstance(level, bool)
-        or not isinstance(level, numbers.Real)
-        or not math.isfinite(level)
-        or level < 0
-    ):
+    try:  # math.isfinite raises OverflowError for ints beyond float range
+        finite = isinstance(level, numbers.Real) and math.isfinite(level)
+    except OverflowError:
+        finite = False
+    if isinstance(level, bool) or not finite or level < 0:
         raise ValueError(
             "`level` (the flood level b) must be a finite number >= 0, in the "
             f"units of the wrapped loss. Received: level={level!r}. A level "
@@ -121,7 +155,13 @@ class Flooding(keras.losses.Loss):
         loss: The loss to flood: an identifier for `keras.losses.get` (e.g.
             ``"mse"``), a `keras.losses.Loss` instance that reduces, or a
             callable ``fn(y_true, y_pred)`` returning per-example losses (it is
-            averaged over the batch).
+            averaged over the batch; ``(batch,)`` labels against ``(batch, 1)``
+            predictions are expanded to ``(batch, 1)`` first, as Keras does).
+            A lambda trains on every backend, but Keras saves it as bytecode:
+            loading then needs ``safe_mode=False`` and only works for a lambda
+            that uses no module-level names. For a model that saves and loads
+            cleanly pass a named function decorated with
+            ``keras.saving.register_keras_serializable()``.
         level: The flood level ``b >= 0``.
         name: Name of the loss instance.
         dtype: Dtype of the flooding arithmetic; defaults to

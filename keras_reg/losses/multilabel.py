@@ -2,10 +2,34 @@
 
 from keras_reg._compat import keras
 from keras_reg.losses._numerics import log1p_sum_exp, promote_logits, safe_log
+from keras_reg.validation import same_shape, shapes_match, static_shape
 
 ops = keras.ops
 
 _NEG_INF = -float("inf")
+_NAME = "multilabel_categorical_crossentropy"
+_DENSE_HINT = (
+    "y_true holds one 0/1 (or soft) label per class; if your labels are the "
+    "indices of the positive classes, use sparse_multilabel_categorical_crossentropy."
+)
+
+
+def _check_mask(mask, y_pred):
+    """Rejects a mask that would broadcast ``y_pred`` to a larger shape."""
+    mask_shape, pred_shape = static_shape(mask), static_shape(y_pred)
+    if mask_shape is None or pred_shape is None:
+        return
+    aligned = pred_shape[len(pred_shape) - len(mask_shape) :]
+    fits = len(mask_shape) <= len(pred_shape) and all(
+        m == 1 or shapes_match((m,), (p,)) for m, p in zip(mask_shape, aligned)
+    )
+    if not fits:
+        raise ValueError(
+            f"{_NAME}: `mask` must broadcast to y_pred's shape without changing "
+            f"it. Received: mask.shape={mask_shape}, y_pred.shape={pred_shape}. "
+            "Pass a mask of shape (num_classes,) for the same classes in every "
+            "example, or y_pred's shape for a mask per example."
+        )
 
 
 @keras.saving.register_keras_serializable(package="keras_reg")
@@ -58,12 +82,20 @@ def multilabel_categorical_crossentropy(y_true, y_pred, mask=None):
 
     Returns:
         The loss per example, shape ``y_pred.shape[:-1]``.
+
+    Raises:
+        ValueError: ``y_true`` and ``y_pred`` have different static shapes
+            (they would broadcast silently), or ``mask`` would broadcast
+            ``y_pred`` to a larger shape.
     """
     y_pred = promote_logits(y_pred)
     y_true = ops.cast(y_true, y_pred.dtype)
+    same_shape(_NAME, y_true, y_pred, hint=_DENSE_HINT)
     valid = ops.not_equal(y_pred, _NEG_INF)
     if mask is not None:
-        valid = ops.logical_and(valid, ops.cast(mask, "bool"))
+        mask = ops.cast(mask, "bool")
+        _check_mask(mask, y_pred)
+        valid = ops.logical_and(valid, mask)
     neg_inf = ops.full_like(y_pred, _NEG_INF)
     # A label of 1 makes log(1 - t) = -inf, which drops the class from the
     # negative sum; a label of 0 drops it from the positive sum.

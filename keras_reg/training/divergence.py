@@ -252,3 +252,48 @@ def output_kind(model, kind=None, warn=True):
         )
         return chosen
     return known.pop()
+
+
+def loss_family(model):
+    """Returns the family of a single-output model's compiled loss, or None.
+
+    ``"probabilities"`` / ``"logits"`` for the cross-entropy losses (see
+    `output_kind`), ``"squared_error"`` for mean squared error, None for any
+    other loss, a model compiled without one, or several outputs.
+    """
+    losses = _flat_losses(getattr(model, "loss", None))
+    if len(losses) != 1 or losses[0] is None:
+        return None
+    kind = _one_kind(losses[0])
+    if kind in KINDS:
+        return kind
+    name, _ = _describe(losses[0])
+    if name in ("mse", "mean_squared_error"):
+        return "squared_error"
+    return None
+
+
+def loss_name(model):
+    """Returns the snake_case name of a single-output model's loss, or None."""
+    losses = _flat_losses(getattr(model, "loss", None))
+    if len(losses) != 1 or losses[0] is None:
+        return None
+    return _describe(losses[0])[0]
+
+
+def log_probabilities(y_pred, kind, axis=-1):
+    """Returns the float32 log-probabilities of the classes of ``y_pred``.
+
+    A single unit is a Bernoulli: its two classes are [1 - p, p].
+
+    Args:
+        y_pred: Probabilities or logits.
+        kind: ``"probabilities"`` or ``"logits"``.
+        axis: The class axis.
+    """
+    y_pred = _float32(y_pred)
+    if kind == "logits":
+        return _log_probabilities(y_pred, axis)
+    if y_pred.shape[axis] == 1:
+        y_pred = ops.concatenate([1.0 - y_pred, y_pred], axis=axis)
+    return ops.log(ops.clip(y_pred, 1e-7, 1.0))

@@ -48,6 +48,14 @@ class TrainingRegularizer(abc.ABC):
         del model
         return []
 
+    def watches_inputs(self, model):
+        """Whether the step must record gradients w.r.t. the batch's float inputs.
+
+        For `keras_reg.backend.base.Step.input_gradients`.
+        """
+        del model
+        return False
+
     @abc.abstractmethod
     def regularized_loss(self, step):
         """Returns the loss to differentiate in this training step.

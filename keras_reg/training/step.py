@@ -74,7 +74,8 @@ class _Installation:
         # Keras's steps take the batch as their last positional argument:
         # train_step(data) on TensorFlow/torch, train_step(state, data) on JAX.
         self.data = kwargs.get("data", args[-1] if args else None)
-        scope = self.backend.step_scope(self.model, variables, args, layers)
+        inputs = self.regularizer.watches_inputs(self.model)
+        scope = self.backend.step_scope(self.model, variables, args, layers, inputs)
         with scope as recorder:
             self.recorder = recorder
             self.training = True
@@ -177,6 +178,14 @@ def check_regularizer(regularizer):
     """Raises a TypeError naming the fix unless ``regularizer`` is an instance."""
     if isinstance(regularizer, TrainingRegularizer):
         return
+    if isinstance(regularizer, (list, tuple)):
+        raise TypeError(
+            "keras_reg trains a model with one regulariser at a time; received "
+            f"{len(regularizer)} ({', '.join(repr(r) for r in regularizer)}). "
+            "Their losses do not compose in one defined way (FGM replaces the "
+            "clean loss, a penalty adds to it): install one. Installing another "
+            "later replaces the first, with a warning."
+        )
     if isinstance(regularizer, type) and issubclass(regularizer, TrainingRegularizer):
         raise TypeError(
             f"Expected a regulariser instance, received the class "

@@ -221,14 +221,7 @@ class VAT(TrainingRegularizer):
     def regularized_loss(self, step):
         vat_loss, entropy_term = self.terms(step)
         step.log("vat_loss", vat_loss)
-        dtype = getattr(step.loss, "dtype", None)
-        if dtype is not None and keras.backend.standardize_dtype(dtype) != "float32":
-            # tf_keras computes a mixed-precision loss in float16; the terms
-            # are float32 (Keras 3's loss is float32 already).
-            vat_loss = ops.cast(vat_loss, dtype)
-            if self.entropy_weight:
-                entropy_term = ops.cast(entropy_term, dtype)
-        return step.loss + self.weight * vat_loss + entropy_term
+        return step.loss_plus(self.weight * vat_loss + entropy_term)
 
     def terms(self, step):
         """Returns this step's ``(vat_loss, entropy_term)``.

@@ -75,3 +75,41 @@ def test_bert4keras_step_matches_nested_tapes(regularizer, penalty_of):
     assert moved > 1e-3
     for variable, want in zip(model.trainable_variables, expected):
         np.testing.assert_allclose(variable.numpy(), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("integrated", [False, True], ids=["noisy-pass", "integrated"])
+def test_bert4keras_noise_training_keeps_weights_at_learning_rate_zero(integrated):
+    model = tiny_bert.classifier(tf_keras.optimizers.SGD(0.0))
+    x, y = _batch()
+    before = [v.numpy() for v in model.trainable_variables]
+    keras_reg.noise_training(
+        model, "Embedding-Token", stddev=0.5, integrated=integrated, seed=0
+    )
+    history = model.fit(x, y, batch_size=2, epochs=2, verbose=0).history
+    assert np.all(np.isfinite(history["loss"]))
+    if integrated:
+        assert all(value > 0 for value in history["noise_penalty"])
+    for variable, old in zip(model.trainable_variables, before):
+        np.testing.assert_array_equal(variable.numpy(), old)
+
+
+def test_bert4keras_gradient_penalty_in_mixed_precision():
+    """At the initial loss scale 2^15 the penalty's scaled float16 gradients
+    overflow: those steps are skipped and the scale halved, as Keras does for
+    any non-finite gradient, until the steps are finite."""
+    tf_keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        optimizer = tf_keras.mixed_precision.LossScaleOptimizer(
+            tf_keras.optimizers.SGD(0.01)
+        )
+        model = tiny_bert.classifier(optimizer)
+        keras_reg.gradient_penalty(model, "Embedding-Token", epsilon=0.01)
+        x, y = _batch()
+        history = model.fit(x, y, batch_size=2, epochs=8, verbose=0).history
+    finally:
+        tf_keras.mixed_precision.set_global_policy("float32")
+    assert float(optimizer.loss_scale) < 2.0**15  # some steps were skipped
+    assert np.isfinite(history["loss"][-1])
+    assert np.isfinite(history["gradient_penalty"][-1])
+    for variable in model.trainable_variables:
+        assert np.all(np.isfinite(variable.numpy())), variable.name

@@ -172,3 +172,63 @@ def test_matches_bert4keras_on_moderate_logits():
     ours = losses.sparse_multilabel_categorical_crossentropy(indices, logits, True)
     theirs = backend.sparse_multilabel_categorical_crossentropy(indices, logits, True)
     np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-5)
+
+
+# ---------------------------------------------------- invalid inputs (issue 9)
+def _sparse_fit(indices, **compile_kwargs):
+    model, x = logit_model(LOGITS)
+    model.compile(
+        optimizer=tf_keras.optimizers.SGD(learning_rate=0.1),
+        loss=losses.sparse_multilabel_categorical_crossentropy,
+        **compile_kwargs,
+    )
+    history = model.fit(
+        x,
+        indices,
+        batch_size=6,
+        epochs=3,
+        verbose=0,
+        callbacks=[tf_keras.callbacks.TerminateOnNaN()],
+    )
+    return model, history
+
+
+BAD_INDICES = np.array([[0, 1], [1, 3], [9, 0], [4, 0], [1, 2], [3, 4]], "int32")
+
+
+def test_bad_sparse_index_gives_nan_in_graph_mode():
+    model, history = _sparse_fit(BAD_INDICES)
+    assert len(history.history["loss"]) == 1 and np.isnan(history.history["loss"][0])
+    assert np.isfinite(model.layers[0].kernel.numpy()).all()
+
+
+def test_bad_sparse_index_raises_when_run_eagerly():
+    with pytest.raises(ValueError, match=r"= 9 is not a valid class index"):
+        _sparse_fit(BAD_INDICES, run_eagerly=True)
+
+
+def test_dense_labels_of_another_shape_raise():
+    model, x = logit_model(LOGITS)
+    model.compile(loss=losses.multilabel_categorical_crossentropy)
+    with pytest.raises(ValueError, match=r"y_true.shape=\((None|6), 1\)"):
+        model.evaluate(x, LABELS[:, :1], verbose=0, batch_size=6)
+
+
+def test_flooding_accepts_a_lambda():
+    model, x = logit_model(LOGITS)
+    model.compile(
+        optimizer=tf_keras.optimizers.SGD(learning_rate=1.0),
+        loss=losses.Flooding(
+            lambda y, p: losses.multilabel_categorical_crossentropy(y, p), 0.0
+        ),
+    )
+    model.train_on_batch(x, LABELS)
+    reference, _ = logit_model(LOGITS)
+    reference.compile(
+        optimizer=tf_keras.optimizers.SGD(learning_rate=1.0),
+        loss=losses.multilabel_categorical_crossentropy,
+    )
+    reference.train_on_batch(x, LABELS)
+    np.testing.assert_allclose(
+        model.layers[0].kernel.numpy(), reference.layers[0].kernel.numpy(), rtol=1e-6
+    )
