@@ -1,10 +1,12 @@
-"""Callbacks: install a regulariser for the duration of one ``fit``."""
+"""Callbacks: a regulariser for one ``fit``; gradient norms logged every epoch."""
 
 import sys
 import weakref
 
 from keras_reg._compat import keras
+from keras_reg.backend import eager_gradients
 from keras_reg.training import step
+from keras_reg.training.embedding import find_embedding_layer
 
 # Model -> the RegularizationScope whose fit is running on it.
 _ACTIVE = weakref.WeakKeyDictionary()
@@ -176,3 +178,167 @@ def _tf_keras_scope_class():
             )
         )
     return _TF_KERAS_SCOPE[0]
+
+
+class _GradientNormsMixin:
+    """Logs ||dL/d inputs|| and ||dL/d theta|| on a probe batch every epoch."""
+
+    def __init__(self, x, y, embedding_name=None, sample_weight=None):
+        super().__init__()
+        if embedding_name is not None and (
+            not isinstance(embedding_name, str) or not embedding_name
+        ):
+            raise ValueError(
+                "`embedding_name` must be the name of an embedding layer or None, "
+                f"received embedding_name={embedding_name!r}."
+            )
+        if embedding_name is None and not eager_gradients.float_leaves(x):
+            raise ValueError(
+                "GradientNorms: the probe inputs `x` have no floating-point array "
+                f"(dtypes: {_dtypes(x)}), so there is no input gradient to take. "
+                "For token ids, pass the name of the embedding layer, e.g. "
+                "`GradientNorms(x, y, embedding_name='Embedding-Token')`: the "
+                "gradient is then taken with respect to the looked-up vectors."
+            )
+        self.x = x
+        self.y = y
+        self.embedding_name = embedding_name
+        self.sample_weight = sample_weight
+
+    def on_train_begin(self, logs=None):
+        self._layer()  # An unknown layer name fails now, not after an epoch.
+
+    def _layer(self):
+        if self.embedding_name is None:
+            return None
+        return find_embedding_layer(self.model, self.embedding_name)
+
+    def gradient_norms(self):
+        """Returns ``{'grad_norm_inputs': ..., 'grad_norm_weights': ...}`` now."""
+        gradients = eager_gradients.loss_gradients(
+            self.model, self.x, self.y, self.sample_weight, layer=self._layer()
+        )
+        return {
+            "grad_norm_inputs": eager_gradients.global_norm(gradients.targets),
+            "grad_norm_weights": eager_gradients.global_norm(gradients.weights),
+        }
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        logs.update(self.gradient_norms())
+
+
+class GradientNorms(_GradientNormsMixin, keras.callbacks.Callback):
+    """Logs the loss's input-gradient and weight-gradient norms every epoch.
+
+    At the end of each epoch, on the fixed probe batch ``(x, y,
+    sample_weight)`` (one batch: keep it small, e.g. 32-256 examples), with L
+    the model's loss in inference mode (``training=False``: the compiled loss
+    with sample weights, plus ``model.losses``), it adds to the epoch's logs
+
+    - ``grad_norm_inputs``: ||dL/dx|| over the float inputs x, or, with
+      ``embedding_name``, over the looked-up vectors (the gradient with respect
+      to the embedding layer's output, one vector per token occurrence: what
+      `keras_reg.GradientPenalty` penalises);
+    - ``grad_norm_weights``: ||dL/dtheta|| over all trainable weights (an
+      embedding matrix's rows of repeated tokens summed: the dense gradient;
+      what `keras_reg.ParameterGradientPenalty` penalises).
+
+    Both are Euclidean norms over everything concatenated. They appear in
+    ``History``, in the progress bar's epoch line, and in callbacks that come
+    after this one in the ``callbacks`` list (list it before ``TensorBoard``,
+    ``CSVLogger`` or ``EarlyStopping(monitor='grad_norm_...')``: Keras hands
+    every callback the same logs, in order, and adds its ``History`` and
+    progress bar last).
+
+    Why watch both: Su Jianlin, 输入梯度惩罚与参数梯度惩罚的一个不等式 (an
+    inequality between the input and the parameter gradient penalty,
+    https://kexue.fm/archives/8796, after Dherin et al. 2021, "The Geometric
+    Occam's Razor Implicit in Deep Learning") shows that for an MLP
+    ``h_{t+1} = g_t(W_t h_t + b_t)``, h_1 = x, and a scalar f of the output,
+    ``||df/dx||^2 * sum_t (1 + ||h_t||^2) / (||W_t||^2 ||dh_t/dx||^2) <=
+    ||df/dtheta||^2`` (spectral norms). So a small parameter gradient bounds
+    the input gradient: penalising ||dL/dtheta|| (explicitly, or implicitly by
+    gradient descent with a finite learning rate) also acts like an input
+    gradient penalty, though not conversely. The inequality holds per example;
+    these are norms of the batch loss's gradients, so read them as trends
+    (e.g. baseline vs a gradient penalty), not as a check of the bound.
+
+    The gradients are taken eagerly (a `tf.GradientTape`, ``jax.grad``,
+    ``torch.autograd``; see `keras_reg.backend.eager_gradients`), once per
+    epoch, at the unperturbed weights; nothing is written to the model. In a
+    process where ``import keras`` is tf_keras (bert4keras with
+    ``TF_KERAS=1``) this builds a tf_keras callback; elsewhere use
+    `tf_keras_gradient_norms` for a tf_keras model.
+
+    Args:
+        x: Probe inputs: an array, or a list/dict of arrays as the model takes.
+        y: Probe targets.
+        embedding_name: Name of the embedding layer whose outputs replace the
+            inputs (needed when the inputs are token ids), e.g.
+            ``'Embedding-Token'``; None: the float inputs.
+        sample_weight: Per-example weights of the probe, or None.
+
+    Raises:
+        ValueError: ``embedding_name`` is None and ``x`` has no float array;
+            or, when ``fit`` begins, no embedding layer has that name.
+
+    Example:
+        >>> norms = keras_reg.callbacks.GradientNorms(
+        ...     x_val[:128], y_val[:128], embedding_name="Embedding-Token")
+        >>> history = model.fit(x, y, epochs=5, callbacks=[norms])
+        >>> history.history["grad_norm_inputs"], history.history["grad_norm_weights"]
+    """
+
+    def __new__(cls, *args, **kwargs):
+        if cls is GradientNorms and _legacy_keras_active():
+            instance = object.__new__(_tf_keras_gradient_norms_class())
+            instance.__init__(*args, **kwargs)
+            return instance
+        return super().__new__(cls)
+
+    def set_model(self, model):
+        if _is_tf_keras(model):
+            raise TypeError(
+                f"Model {model.name!r} is a tf_keras model, and this GradientNorms "
+                "is a Keras 3 callback. Create it with "
+                "`keras_reg.callbacks.tf_keras_gradient_norms(x, y, ...)` instead."
+            )
+        super().set_model(model)
+
+
+def tf_keras_gradient_norms(x, y, embedding_name=None, sample_weight=None):
+    """Returns a `GradientNorms` that is a tf_keras callback.
+
+    For a tf_keras model in a process where ``import keras`` is Keras 3 (in a
+    bert4keras process `GradientNorms` already is one). Arguments as
+    `GradientNorms`.
+    """
+    instance = object.__new__(_tf_keras_gradient_norms_class())
+    instance.__init__(x, y, embedding_name=embedding_name, sample_weight=sample_weight)
+    return instance
+
+
+def _dtypes(x):
+    return ", ".join(
+        str(getattr(leaf, "dtype", type(leaf).__name__))
+        for leaf in keras.tree.flatten(x)
+    )
+
+
+_TF_KERAS_GRADIENT_NORMS = []
+
+
+def _tf_keras_gradient_norms_class():
+    if not _TF_KERAS_GRADIENT_NORMS:
+        import tf_keras
+
+        _TF_KERAS_GRADIENT_NORMS.append(
+            type(
+                "GradientNorms",
+                (_GradientNormsMixin, tf_keras.callbacks.Callback),
+                {"__doc__": GradientNorms.__doc__, "__module__": __name__},
+            )
+        )
+    return _TF_KERAS_GRADIENT_NORMS[0]
