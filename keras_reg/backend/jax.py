@@ -112,7 +112,14 @@ class Step(stateless.Step):
             )
         return jax.lax.stop_gradient(gradient)
 
+    def weight_gradients(self, variables):
+        return [jax.lax.stop_gradient(g) for g in self._scaled_gradients(variables)]
+
     def penalty_gradients(self, variables):
+        return [self._unscaled(g) for g in self._scaled_gradients(variables)]
+
+    def _scaled_gradients(self, variables):
+        """Returns d (scaled loss) / d v of the clean pass, recomputed (same mask)."""
         start = self._start_values()
 
         def scaled_loss(values):
@@ -121,8 +128,7 @@ class Step(stateless.Step):
             )
             return self.scale_loss(loss)
 
-        gradients = jax.grad(scaled_loss)([v.value for v in variables])
-        return [self._unscaled(g) for g in gradients]
+        return jax.grad(scaled_loss)([v.value for v in variables])
 
     def output_gradients(self, layer, of=None):
         start = self._start_values()
