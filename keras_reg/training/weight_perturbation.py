@@ -115,7 +115,7 @@ class _WeightPerturbation(TrainingRegularizer):
     def regularized_loss(self, step):
         variables = self.watched_variables(step.model)
         gradients = _unscaled_gradients(step, variables)
-        values = [ops.stop_gradient(_float32(v.value)) for v in variables]
+        values = [ops.stop_gradient(_float32(v)) for v in variables]
         deltas = self.perturbations(variables, values, gradients)
         frozen = [] if self.update_batch_norm else _batch_norm_statistics(step.model)
         perturbed = step.loss_with_weight_perturbations(
