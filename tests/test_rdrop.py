@@ -192,3 +192,28 @@ def test_regression_loss_is_refused_with_the_fix():
 def test_bad_arguments_name_the_value(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_mixed_precision_without_dropout_is_the_plain_mixed_step(rng):
+    x = rng.normal(size=(10, 6)).astype("float32")
+    y = rng.integers(0, 3, size=(10,))
+    keras.config.set_dtype_policy("mixed_float16")
+    results, initial = [], None
+    for rdrop in (False, True):
+        model = _mlp(False)
+        model.compile(
+            loss="sparse_categorical_crossentropy",
+            optimizer=keras.optimizers.LossScaleOptimizer(
+                keras.optimizers.SGD(LR), initial_scale=2.0**10
+            ),
+        )
+        initial = initial or model.get_weights()
+        model.set_weights(initial)
+        if rdrop:
+            keras_reg.r_drop(model)
+        model.fit(x, y, batch_size=5, epochs=2, shuffle=False, verbose=0)
+        results.append(model.get_weights())
+    moved = max(np.abs(a - b).max() for a, b in zip(results[0], initial))
+    assert moved > 1e-2
+    for plain, rdrop in zip(*results):
+        np.testing.assert_allclose(rdrop, plain, rtol=1e-6, atol=1e-7)
