@@ -114,6 +114,8 @@ def time_steps(jit_compile, steps, rounds, names):
     times = interleaved_times(variants, x, y, steps, rounds)
     backend = keras.backend.backend()
     result = {"mode": f"{backend} {'jit/XLA' if jit_compile else 'graph/eager'}"}
+    if backend == "jax":
+        result.update(flops_ratios(variants, x, y))
     medians = {name: float(np.median(t)) for name, t in times.items()}
     fastest = {name: float(np.min(t)) for name, t in times.items()}
     for name in times:
@@ -124,6 +126,21 @@ def time_steps(jit_compile, steps, rounds, names):
             result[f"{name}_ratio"] = medians[name] / medians["plain"]
             result[f"{name}_min_ratio"] = fastest[name] / fastest["plain"]
     return result
+
+
+def flops_ratios(variants, x, y):
+    """JAX: each variant's XLA FLOP count over the plain step's (no load noise)."""
+    from benchmarks import xla_cost
+
+    flops = {
+        name: xla_cost.train_step_cost(run.__self__, x, y)["flops"]
+        for name, run in variants.items()
+    }
+    return {
+        f"{name}_flops_ratio": flops[name] / flops["plain"]
+        for name in flops
+        if name != "plain"
+    }
 
 
 def interleaved_times(variants, x, y, steps, rounds):
