@@ -112,8 +112,27 @@ def time_steps(jit_compile, steps, rounds, names):
                 variants[name] = _math_attention(variants[name])
         variants["plain_math_sdpa"] = _math_attention(_model(False).train_on_batch)
     times = interleaved_times(variants, x, y, steps, rounds)
+    backend = keras.backend.backend()
     mode = "jit/XLA" if jit_compile else "graph/eager"
-    return summary(times, f"{keras.backend.backend()} {mode}")
+    result = summary(times, f"{backend} {mode}")
+    if backend == "jax":
+        result.update(flops_ratios(variants, x, y))
+    return result
+
+
+def flops_ratios(variants, x, y):
+    """JAX: each variant's XLA FLOP count over the plain step's (no load noise)."""
+    from benchmarks import xla_cost
+
+    flops = {
+        name: xla_cost.train_step_cost(run.__self__, x, y)["flops"]
+        for name, run in variants.items()
+    }
+    return {
+        f"{name}_flops_ratio": flops[name] / flops["plain"]
+        for name in flops
+        if name != "plain"
+    }
 
 
 def interleaved_times(variants, x, y, steps, rounds):

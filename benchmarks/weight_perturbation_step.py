@@ -20,7 +20,9 @@ JAX) and one more forward; R-Drop one more forward, whose backward joins the
 step's. The issue's targets: SAM <= 2.1x a plain step, R-Drop <= 2.1x.
 
 Graph mode and XLA (``jit_compile=True``) on TensorFlow, jit on JAX, eager on
-PyTorch. Writes ``results/benchmark_weight_perturbation_<backend>.json``.
+PyTorch; on JAX also XLA's FLOP count of each compiled step over the plain
+step's (``*_flops_ratio``: free of load noise). Writes
+``results/benchmark_weight_perturbation_<backend>.json``.
 
 Usage:
     python benchmarks/weight_perturbation_step.py            # ~3 min per backend
@@ -39,7 +41,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras_reg  # noqa: E402
 from benchmarks import bert_shaped  # noqa: E402
-from benchmarks.gradient_penalty_step import interleaved_times  # noqa: E402
+from benchmarks.gradient_penalty_step import (  # noqa: E402
+    flops_ratios,
+    interleaved_times,
+)
 from benchmarks.timing import summary  # noqa: E402
 from keras_reg._compat import keras  # noqa: E402
 
@@ -86,8 +91,12 @@ def time_steps(jit_compile, steps, rounds, names):
         name: _model(jit_compile, VARIANTS[name]).train_on_batch for name in names
     }
     times = interleaved_times(variants, x, y, steps, rounds)
+    backend = keras.backend.backend()
     mode = "jit/XLA" if jit_compile else "graph/eager"
-    return summary(times, f"{keras.backend.backend()} {mode}")
+    result = summary(times, f"{backend} {mode}")
+    if backend == "jax":
+        result.update(flops_ratios(variants, x, y))
+    return result
 
 
 def main():

