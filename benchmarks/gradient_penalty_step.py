@@ -46,10 +46,10 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
 
 import keras_reg  # noqa: E402
 from benchmarks import bert_shaped  # noqa: E402
+from benchmarks.timing import summary  # noqa: E402
 from keras_reg._compat import keras  # noqa: E402
 
 EMBEDDING = "Embedding-Token"
@@ -113,18 +113,10 @@ def time_steps(jit_compile, steps, rounds, names):
         variants["plain_math_sdpa"] = _math_attention(_model(False).train_on_batch)
     times = interleaved_times(variants, x, y, steps, rounds)
     backend = keras.backend.backend()
-    result = {"mode": f"{backend} {'jit/XLA' if jit_compile else 'graph/eager'}"}
+    mode = "jit/XLA" if jit_compile else "graph/eager"
+    result = summary(times, f"{backend} {mode}")
     if backend == "jax":
         result.update(flops_ratios(variants, x, y))
-    medians = {name: float(np.median(t)) for name, t in times.items()}
-    fastest = {name: float(np.min(t)) for name, t in times.items()}
-    for name in times:
-        result[f"{name}_ms"] = 1e3 * medians[name]
-        result[f"{name}_min_ms"] = 1e3 * fastest[name]
-    for name in times:
-        if name != "plain":
-            result[f"{name}_ratio"] = medians[name] / medians["plain"]
-            result[f"{name}_min_ratio"] = fastest[name] / fastest["plain"]
     return result
 
 

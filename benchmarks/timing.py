@@ -23,3 +23,23 @@ def interleaved_medians(variants, x, y, steps, rounds):
                 run(x, y)
             times[name].append((time.perf_counter() - start) / steps)
     return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def summary(times, mode):
+    """Medians, fastest rounds and their ratios to ``plain`` (milliseconds).
+
+    Args:
+        times: ``{name: [seconds per step of each round]}``, with ``plain``.
+        mode: A label for the backend and mode.
+    """
+    result = {"mode": mode}
+    medians = {name: float(np.median(t)) for name, t in times.items()}
+    fastest = {name: float(np.min(t)) for name, t in times.items()}
+    for name in times:
+        result[f"{name}_ms"] = 1e3 * medians[name]
+        result[f"{name}_min_ms"] = 1e3 * fastest[name]
+    for name in times:
+        if name != "plain":
+            result[f"{name}_ratio"] = medians[name] / medians["plain"]
+            result[f"{name}_min_ratio"] = fastest[name] / fastest["plain"]
+    return result

@@ -9,21 +9,27 @@ Example:
 
 from keras_reg import callbacks, constraints, layers, losses, metrics, regularizers
 from keras_reg.training import (
+    AWP,
     FGM,
+    SAM,
     VAT,
     GradientPenalty,
     InputGradientPenalty,
     LossBalancing,
     NoiseTraining,
     ParameterGradientPenalty,
+    RDrop,
     TrainingRegularizer,
     adversarial_training,
+    awp,
     balance_losses,
     gradient_penalty,
     input_gradient_penalty,
     installed_regularizer,
     noise_training,
     parameter_gradient_penalty,
+    r_drop,
+    sharpness_aware_minimization,
     virtual_adversarial_training,
 )
 from keras_reg.training import install as install_regularizer
@@ -32,15 +38,19 @@ from keras_reg.training import remove as remove_regularization
 __version__ = "0.1.0"
 
 __all__ = [
+    "AWP",
     "FGM",
     "GradientPenalty",
     "InputGradientPenalty",
     "LossBalancing",
     "NoiseTraining",
     "ParameterGradientPenalty",
+    "RDrop",
+    "SAM",
     "TrainingRegularizer",
     "VAT",
     "adversarial_training",
+    "awp",
     "balance_losses",
     "callbacks",
     "constraints",
@@ -53,7 +63,9 @@ __all__ = [
     "metrics",
     "noise_training",
     "parameter_gradient_penalty",
+    "r_drop",
     "regularizers",
     "remove_regularization",
+    "sharpness_aware_minimization",
     "virtual_adversarial_training",
 ]

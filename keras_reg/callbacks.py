@@ -60,6 +60,17 @@ class _ScopeMixin:
         finally:
             self._own_call = False
 
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._installed_on is None:
+            return
+        if self.regularizer.on_epoch_begin(epoch):
+            # The regulariser's step changes (a warm-up ended): trace it anew.
+            self._own_call = True
+            try:
+                self._make_train_function(force=True)
+            finally:
+                self._own_call = False
+
     def on_train_end(self, logs=None):
         self._restore()
 

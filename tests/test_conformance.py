@@ -31,11 +31,24 @@ REGULARIZERS = {
     "noise-integrated": lambda: keras_reg.NoiseTraining(
         "emb", stddev=0.1, integrated=True, seed=2
     ),
+    "sam": lambda: keras_reg.SAM(rho=0.5),
+    "asam": lambda: keras_reg.SAM(adaptive=True),
+    "awp": lambda: keras_reg.AWP(gamma=0.1, update_batch_norm=True),
+    "rdrop": lambda: keras_reg.RDrop(alpha=4.0),
     # InputGradientPenalty needs float inputs: tests/test_noise.py covers it.
 }
 NAMES = sorted(REGULARIZERS)
 # Regularisers that perturb weights or activations in an extra pass.
-PERTURBING = ["fgm", "fgm-clean", "noise", "vat-matrix", "vat-output"]
+PERTURBING = [
+    "fgm",
+    "fgm-clean",
+    "noise",
+    "vat-matrix",
+    "vat-output",
+    "sam",
+    "awp",
+    "rdrop",
+]
 
 
 def _model(lr, jit_compile=False, l2=0.0):

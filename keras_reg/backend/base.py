@@ -192,6 +192,45 @@ class Step(abc.ABC):
             transform: See ``layer``.
         """
 
+    @abc.abstractmethod
+    def weight_gradients(self, variables):
+        """Returns d (scaled clean loss) / d v for each variable, dense and constant.
+
+        The gradients of the step's own clean pass (same dropout mask), of
+        ``loss`` times the optimizer's loss scale as in `loss_gradient`; zeros
+        for a variable the loss does not use. Sparse gradients are densified.
+
+        Args:
+            variables: Variables the regulariser declared as watched.
+        """
+
+    @abc.abstractmethod
+    def loss_with_weight_perturbations(self, perturbations, frozen=()):
+        """Returns the training loss of one more pass at ``w + delta`` for each pair.
+
+        Every ``(variable, delta)`` pair is perturbed for the pass only: the
+        variables hold their own values, bit for bit, when it returns (values
+        substituted in the pass, or saved values copied back; never
+        subtracted). The loss is differentiable with respect to every trainable
+        weight, at the perturbed point (the deltas are constants). The pass
+        draws fresh random numbers (dropout) like any training pass.
+
+        Args:
+            perturbations: ``(variable, delta)`` pairs, ``delta`` shaped like
+                the variable.
+            frozen: Non-trainable variables whose updates in the pass are
+                discarded (e.g. BatchNormalization's moving statistics).
+        """
+
+    @abc.abstractmethod
+    def training_pass(self):
+        """Returns ``(y_pred, loss)`` of one more training-mode pass on the batch.
+
+        The pass draws fresh random numbers (an independent dropout mask) and
+        keeps its non-trainable updates, like the step's own pass; ``y_pred``
+        and ``loss`` are differentiable.
+        """
+
     def squared_norm(self, gradient):
         """Returns the float32 sum of squares of ``gradient`` (0 for None).
 

@@ -127,7 +127,17 @@ class Step(stateless.Step):
             )
         return jax.lax.stop_gradient(gradient)
 
+    def weight_gradients(self, variables):
+        _, gradients = self._scaled_value_and_gradients(variables)
+        return [jax.lax.stop_gradient(g) for g in gradients]
+
     def penalty_gradients(self, variables):
+        scaled, gradients = self._scaled_value_and_gradients(variables)
+        self._keep_recomputed_loss(scaled)
+        return [self._unscaled(g) for g in gradients]
+
+    def _scaled_value_and_gradients(self, variables):
+        """The clean pass recomputed (same mask): scaled loss, d it / d v."""
         start = self._start_values()
 
         def scaled_loss(values):
@@ -136,11 +146,7 @@ class Step(stateless.Step):
             )
             return self.scale_loss(loss)
 
-        scaled, gradients = jax.value_and_grad(scaled_loss)(
-            [v.value for v in variables]
-        )
-        self._keep_recomputed_loss(scaled)
-        return [self._unscaled(g) for g in gradients]
+        return jax.value_and_grad(scaled_loss)([v.value for v in variables])
 
     def output_gradients(self, layer, of=None):
         start = self._start_values()

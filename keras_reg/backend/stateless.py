@@ -74,7 +74,9 @@ def _enclosing_value(variable):
 
 
 @contextlib.contextmanager
-def substituted(model, values=(), start=(), keep_updates=True, fallback=()):
+def substituted(
+    model, values=(), start=(), keep_updates=True, fallback=(), discard=()
+):
     """Runs the block with the model's variables read from a nested scope.
 
     Every variable of ``model`` reads its current value (the enclosing scope's,
@@ -96,6 +98,8 @@ def substituted(model, values=(), start=(), keep_updates=True, fallback=()):
             state, the compiled loss's per-output trackers) back to the
             variables on exit; otherwise discard them. The substituted values
             are never written back.
+        discard: Variables whose updates in the block are not written back
+            even with ``keep_updates`` (BatchNormalization statistics).
 
     Yields:
         The `keras.StatelessScope`.
@@ -117,7 +121,10 @@ def substituted(model, values=(), start=(), keep_updates=True, fallback=()):
             before = {id(v): scope.get_current_value(v) for v in variables}
             yield scope
     if keep_updates:
+        dropped = {id(v) for v in discard}
         for variable in variables:
+            if id(variable) in dropped:
+                continue
             value = scope.get_current_value(variable)
             if value is not before[id(variable)]:
                 variable.assign(value)
@@ -156,6 +163,16 @@ class Step(base.Step):
     def training_loss(self, x=None, layer=None, transform=None):
         return self.pass_loss(x=x, layer=layer, transform=transform)
 
+    def loss_with_weight_perturbations(self, perturbations, frozen=()):
+        values = [
+            (v, ops.add(v.value, ops.cast(ops.stop_gradient(d), v.dtype)))
+            for v, d in perturbations
+        ]
+        return self.pass_loss(values=values, discard=frozen)
+
+    def training_pass(self):
+        return self.pass_loss(output="both")
+
     def pass_loss(
         self,
         values=(),
@@ -166,6 +183,7 @@ class Step(base.Step):
         around=None,
         x=None,
         output=False,
+        discard=(),
     ):
         """Returns the training loss of one extra forward pass on the batch.
 
@@ -178,20 +196,23 @@ class Step(base.Step):
             around: A context manager entered around the forward pass and its
                 loss, inside the substituted scope (e.g. `reads.recorded_reads`).
             x: Inputs to use instead of the batch's.
-            output: Return the model's output instead of the loss.
+            output: Return the model's output instead of the loss (True), or
+                both as ``(y_pred, loss)`` (``"both"``).
+            discard: Variables whose updates in the pass are discarded.
         """
         x = self.x if x is None else x
         fallback = self._state_values()
-        with substituted(self.model, values, start, keep, fallback), (
+        with substituted(self.model, values, start, keep, fallback, discard), (
             around or contextlib.nullcontext()
         ):
             y_pred = self.forward(x, training=True, layer=layer, transform=transform)
-            if output:
+            if output is True:
                 return y_pred
             with tracking.quiet_loss_metrics(self.model):
-                return self._compute_loss(
+                loss = self._compute_loss(
                     x, self.y, y_pred, self.sample_weight, training=True
                 )
+            return (y_pred, loss) if output == "both" else loss
 
     def _state_values(self):
         """Returns ``(variable, value)`` pairs of the train step's own state."""

@@ -221,6 +221,17 @@ def perturbed(variable, perturbation):
             variable.assign(saved)
 
 
+@contextlib.contextmanager
+def restored(variables):
+    """Copies the values of ``variables`` back after the block (exactly)."""
+    saved = [tf.identity(v) for v in variables]
+    try:
+        yield
+    finally:
+        for variable, value in zip(variables, saved):
+            variable.assign(value)
+
+
 class Step(base.Step):
     """`keras_reg.backend.base.Step` for Keras 3 models on TensorFlow."""
 
@@ -273,6 +284,29 @@ class Step(base.Step):
         with context:
             y_pred = self.model(x, training=True)
         return self._perturbed_loss(y_pred, x)
+
+    def weight_gradients(self, variables):
+        loss = self.scale_loss(self.loss)
+        raw = [raw_variable(v) for v in variables]
+        gradients = self._recorder.tape.gradient(loss, raw)
+        return [
+            tf.zeros_like(r) if g is None else tf.stop_gradient(tf.convert_to_tensor(g))
+            for r, g in zip(raw, gradients)
+        ]
+
+    def loss_with_weight_perturbations(self, perturbations, frozen=()):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(restored([raw_variable(v) for v in frozen]))
+            for variable, delta in perturbations:
+                stack.enter_context(
+                    perturbed(raw_variable(variable), tf.stop_gradient(delta))
+                )
+            y_pred = self.model(self.x, training=True)
+            return self._perturbed_loss(y_pred, self.x)
+
+    def training_pass(self):
+        y_pred = self.model(self.x, training=True)
+        return y_pred, self._perturbed_loss(y_pred, self.x)
 
     def squared_norm(self, gradient):
         if gradient is None:

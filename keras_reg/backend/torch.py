@@ -118,6 +118,17 @@ class Step(stateless.Step):
             )
         return gradient.detach()
 
+    def weight_gradients(self, variables):
+        loss = self.scale_loss(self.loss)
+        tensors = [v.value for v in variables]
+        gradients = torch.autograd.grad(
+            loss, tensors, retain_graph=True, allow_unused=True
+        )
+        return [
+            torch.zeros_like(t) if g is None else g.detach()
+            for t, g in zip(tensors, gradients)
+        ]
+
     def penalty_gradients(self, variables):
         return self._differentiable([v.value for v in variables])
 

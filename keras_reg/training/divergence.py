@@ -88,6 +88,31 @@ def kl_divergence(p, q, kind="probabilities", axis=-1):
     return terms[0] if len(terms) == 1 else sum(terms)
 
 
+def symmetric_kl(p, q, kind="probabilities", axis=-1):
+    """Returns the batch mean of KL(p || q) + KL(q || p), summed over outputs.
+
+    Computed as ``sum (p - q) (log p - log q)`` (the same number), whose
+    gradient is exactly 0 where p == q: two identical predictions (no
+    dropout) leave the step exactly as it was without the term.
+
+    Args:
+        p: An output (or a structure of them); both sides are differentiated.
+        q: The other output, shaped like ``p``.
+        kind: ``"probabilities"`` or ``"logits"``.
+        axis: The class axis. A size of 1 is read as one sigmoid unit.
+
+    Returns:
+        A float32 scalar.
+    """
+    terms = []
+    for a, b in zip(keras.tree.flatten(p), keras.tree.flatten(q)):
+        log_a = log_probabilities(a, kind, axis)
+        log_b = log_probabilities(b, kind, axis)
+        difference = ops.exp(log_a) - ops.exp(log_b)
+        terms.append(ops.mean(ops.sum(difference * (log_a - log_b), axis=axis)))
+    return terms[0] if len(terms) == 1 else sum(terms)
+
+
 def _kl(p, q, kind, axis):
     if kind == "logits":
         log_p, log_q = _log_probabilities(p, axis), _log_probabilities(q, axis)
@@ -188,7 +213,7 @@ def _flat_losses(loss):
     return [loss]
 
 
-def output_kind(model, kind=None, warn=True):
+def output_kind(model, kind=None, warn=True, who="VAT"):
     """Returns what ``model``'s outputs are: ``"probabilities"`` or ``"logits"``.
 
     Args:
@@ -201,6 +226,7 @@ def output_kind(model, kind=None, warn=True):
             compiled without a loss (the source's unlabelled-only set-up)
             gets probabilities, as does an unrecognised loss (with a warning).
         warn: Warn when the loss is not recognised.
+        who: The regulariser's name, for messages.
 
     Returns:
         ``"probabilities"`` or ``"logits"``.
@@ -220,7 +246,7 @@ def output_kind(model, kind=None, warn=True):
     others = [one for one, k in zip(losses, kinds) if k == "other"]
     if others:
         raise ValueError(
-            f"VAT measures how much the model's predicted distribution changes "
+            f"{who} measures how much the model's predicted distribution changes "
             f"(a KL divergence), but model {model.name!r} is compiled with the "
             f"regression/score loss {_label(others[0])}, whose output is not a "
             "distribution: there is no KL to take. If the output is in fact "
@@ -232,7 +258,7 @@ def output_kind(model, kind=None, warn=True):
         labels = ", ".join(_label(one) for one in losses)
         raise ValueError(
             f"The outputs of model {model.name!r} mix probabilities and logits "
-            f"(compiled losses: {labels}); VAT sums one kind of KL over all "
+            f"(compiled losses: {labels}); {who} sums one kind of KL over all "
             "outputs. Compile every output with the same `from_logits`, or pass "
             "predictions='probabilities' or predictions='logits' if that "
             "describes every output."
@@ -243,9 +269,9 @@ def output_kind(model, kind=None, warn=True):
         unknown = losses[kinds.index(None)]
         chosen = known.pop() if known else "probabilities"
         warnings.warn(
-            f"VAT cannot tell from the loss {_label(unknown)} whether model "
+            f"{who} cannot tell from the loss {_label(unknown)} whether model "
             f"{model.name!r} outputs probabilities or logits; it assumes "
-            f"{chosen}. On logits read as probabilities the VAT term is about "
+            f"{chosen}. On logits read as probabilities the {who} term is about "
             "0. Pass predictions='logits' or predictions='probabilities' to "
             "say which.",
             stacklevel=4,

@@ -56,6 +56,20 @@ class TrainingRegularizer(abc.ABC):
         del model
         return False
 
+    def on_epoch_begin(self, epoch):
+        """Told the epoch by `keras_reg.callbacks.RegularizationScope`.
+
+        Args:
+            epoch: The 0-based epoch ``fit`` is beginning.
+
+        Returns:
+            True when the step the regulariser builds changes from this epoch
+            on (e.g. a warm-up ends): the scope then rebuilds the train
+            function. The default: False.
+        """
+        del epoch
+        return False
+
     @abc.abstractmethod
     def regularized_loss(self, step):
         """Returns the loss to differentiate in this training step.

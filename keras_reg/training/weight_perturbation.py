@@ -1,0 +1,361 @@
+"""Weight-space perturbation: SAM / ASAM and AWP.
+
+Both take the clean gradient g = dL/dw of the batch, move the weights to a
+nearby point w + e(w) where the loss is higher, and apply to w the gradient
+of the loss there, dL/dw evaluated at w + e(w) (e held constant). The weights
+themselves never hold w + e: the perturbed pass substitutes the values
+(JAX, PyTorch) or the saved values are copied back (TensorFlow, tf_keras);
+``w + e - e``, which drifts by rounding (tf.keras's experimental
+``SharpnessAwareMinimization`` restores that way), is never computed.
+
+References:
+    Foret, Kleiner, Mobahi, Neyshabur. Sharpness-Aware Minimization for
+    Efficiently Improving Generalization. ICLR 2021.
+    https://arxiv.org/abs/2010.01412
+
+    Kwon, Kim, Park, Choi. ASAM: Adaptive Sharpness-Aware Minimization for
+    Scale-Invariant Learning of Deep Neural Networks. ICML 2021.
+    https://arxiv.org/abs/2102.11600
+
+    Wu, Xia, Wang. Adversarial Weight Perturbation Helps Robust
+    Generalization. NeurIPS 2020. https://arxiv.org/abs/2004.05884
+"""
+
+from keras_reg._compat import keras
+from keras_reg.training import step as step_module
+from keras_reg.training.regularizer import TrainingRegularizer, register
+from keras_reg.validation import (
+    boolean,
+    check_options,
+    non_negative_number,
+    positive_number,
+)
+
+ops = keras.ops
+
+# Additive offsets, which ASAM does not rescale (T_w = 1 for biases).
+_OFFSETS = ("bias", "beta")
+
+
+def _short_name(variable):
+    """``'dense/bias:0'`` or ``'bias'`` -> ``'bias'``."""
+    return variable.name.split("/")[-1].split(":")[0]
+
+
+def _float32(value):
+    value = ops.convert_to_tensor(value)
+    return value if value.dtype == "float32" else ops.cast(value, "float32")
+
+
+def _unscaled_gradients(step, variables):
+    """The clean gradients, float32, divided by the loss scale (mixed precision)."""
+    gradients = step.weight_gradients(variables)
+    factor = _float32(step.scale_loss(ops.ones((), "float32")))
+    return [_float32(g) / factor for g in gradients]
+
+
+def _batch_norm_statistics(model):
+    """The non-trainable variables of the model's BatchNormalization layers."""
+    layers = model._flatten_layers(include_self=False, recursive=True)
+    statistics = []
+    for layer in layers:
+        if any(c.__name__ == "BatchNormalization" for c in type(layer).__mro__):
+            statistics.extend(layer.non_trainable_weights)
+    return statistics
+
+
+def _layer_variables(model, names, owner):
+    variables = []
+    for name in names:
+        try:
+            layer = model.get_layer(name)
+        except ValueError as error:
+            raise ValueError(
+                f"{owner}: no layer named {name!r} in model {model.name!r}. "
+                f"Layers: {', '.join(repr(x.name) for x in model.layers)}."
+            ) from error
+        variables.extend(layer.trainable_variables)
+    return variables
+
+
+def _check_layers(layers):
+    if layers is None:
+        return None
+    if isinstance(layers, str) or not all(isinstance(n, str) for n in layers):
+        raise ValueError(
+            "`layers` must be a list of layer names or None, received "
+            f"layers={layers!r}. Pass e.g. layers=['dense']."
+        )
+    return list(layers)
+
+
+class _WeightPerturbation(TrainingRegularizer):
+    """A second pass at w + e(w); subclasses give e(w) from the clean gradients."""
+
+    def __init__(self, update_batch_norm):
+        self.update_batch_norm = boolean("update_batch_norm", update_batch_norm)
+
+    def validate(self, model):
+        if getattr(model, "loss", None) is None:
+            raise ValueError(
+                f"{type(self).__name__} needs the model's training loss, but model "
+                f"{model.name!r} was compiled without one. Compile with a loss, "
+                "e.g. `model.compile(optimizer='sgd', "
+                "loss='sparse_categorical_crossentropy')`."
+            )
+        if not self.watched_variables(model):
+            raise ValueError(
+                f"{self!r} found no weight to perturb in model {model.name!r}. "
+                "Build the model first, or name layers with trainable kernels."
+            )
+
+    def logged_terms(self):
+        return ("sharpness",)
+
+    def regularized_loss(self, step):
+        variables = self.watched_variables(step.model)
+        gradients = _unscaled_gradients(step, variables)
+        values = [ops.stop_gradient(_float32(v)) for v in variables]
+        deltas = self.perturbations(variables, values, gradients)
+        frozen = [] if self.update_batch_norm else _batch_norm_statistics(step.model)
+        perturbed = step.loss_with_weight_perturbations(
+            list(zip(variables, deltas)), frozen=frozen
+        )
+        step.log("sharpness", _float32(perturbed) - _float32(step.loss))
+        return perturbed
+
+    def perturbations(self, variables, values, gradients):
+        """Returns e(w), one float32 tensor per variable.
+
+        Args:
+            variables: The perturbed variables.
+            values: The variables' current values (float32 constants).
+            gradients: dL/dw at those values (float32, unscaled).
+        """
+        raise NotImplementedError
+
+
+def _no_nan(condition, values):
+    """``values`` where ``condition`` holds, else zeros (no perturbation)."""
+    return [ops.where(condition, v, ops.zeros_like(v)) for v in values]
+
+
+@register
+class SAM(_WeightPerturbation):
+    """Sharpness-aware minimisation (Foret et al. 2021), and ASAM (Kwon et al. 2021).
+
+    With g = dL/dw the clean gradient of the batch over all trainable weights
+    (the compiled loss with sample weights, plus the model's losses), the step
+    perturbs every weight by
+
+        e(w) = rho * T^2 g / ||T g||      (the norm over all weights together)
+
+    with T = 1 (SAM) or, with ``adaptive=True`` (ASAM), T = |w| + eta
+    elementwise for every weight except additive offsets (variables named
+    ``bias`` or ``beta``, whose T is 1, as in the ASAM authors' code), and
+    applies the gradient of L at w + e(w) to w. No perturbation where
+    ||T g|| is 0 or not finite (a NaN batch, an overflowing float16 step:
+    the gradients are unscaled first, and a ``LossScaleOptimizer`` then skips
+    the step as usual).
+
+    The perturbed pass is an ordinary training pass: it draws its own dropout
+    mask. With ``update_batch_norm=False`` (the default, as the SAM reference
+    implementation recommends) BatchNormalization's moving statistics keep the
+    clean pass's update only; both passes normalise with their own batch
+    statistics. The loss ``fit`` reports is L(w + e), the loss being
+    optimized; ``sharpness`` in the logs is L(w + e) - L(w).
+
+    Args:
+        rho: Radius of the neighbourhood. Default (None): 0.05 for SAM (the
+            SAM paper's usual value), 0.5 for ASAM (the ASAM paper's CIFAR
+            value; use 1.0 on ImageNet-sized problems).
+        adaptive: ASAM: scale the neighbourhood by |w| + eta.
+        eta: ASAM's offset keeping T positive at w = 0 (paper: 0.01).
+        update_batch_norm: Let the perturbed pass update BatchNormalization's
+            moving statistics too.
+
+    Example:
+        >>> model.compile(loss="sparse_categorical_crossentropy", optimizer="sgd")
+        >>> keras_reg.sharpness_aware_minimization(model, rho=0.05)
+        >>> model.fit(x, y)
+    """
+
+    def __init__(self, rho=None, adaptive=False, eta=0.01, update_batch_norm=False):
+        super().__init__(update_batch_norm)
+        self.adaptive = boolean("adaptive", adaptive)
+        if rho is None:
+            rho = 0.5 if self.adaptive else 0.05
+        self.rho = positive_number("rho", rho, example=0.05)
+        self.eta = non_negative_number("eta", eta, example=0.01)
+
+    def watched_variables(self, model):
+        return list(model.trainable_variables)
+
+    def perturbations(self, variables, values, gradients):
+        if self.adaptive:
+            scales = [
+                ops.ones_like(w)
+                if _short_name(v) in _OFFSETS
+                else ops.abs(w) + self.eta
+                for v, w in zip(variables, values)
+            ]
+        else:
+            scales = [None] * len(values)
+        scaled = [g if t is None else t * g for g, t in zip(gradients, scales)]
+        norm = ops.sqrt(sum(ops.sum(ops.square(s)) for s in scaled))
+        usable = ops.logical_and(ops.isfinite(norm), norm > 0)
+        factor = ops.divide_no_nan(ops.cast(self.rho, "float32"), norm)
+        deltas = [
+            (s if t is None else t * s) * factor for s, t in zip(scaled, scales)
+        ]
+        return _no_nan(usable, deltas)
+
+    def get_config(self):
+        return {
+            "rho": self.rho,
+            "adaptive": self.adaptive,
+            "eta": self.eta,
+            "update_batch_norm": self.update_batch_norm,
+        }
+
+
+@register
+class AWP(_WeightPerturbation):
+    """Adversarial weight perturbation (Wu et al. 2020), on the batch's own inputs.
+
+    For each perturbed weight tensor w_l (by default every trainable weight
+    with two or more axes: kernels and embedding matrices, not biases or
+    normalisation scales, as in the authors' code) with clean gradient g_l,
+    the step uses
+
+        e_l = gamma * ||w_l|| * g_l / ||g_l||      (norms per tensor)
+
+    and applies the gradient of L at w + e to w. A tensor whose gradient is
+    0 gets no perturbation; a non-finite gradient anywhere (a NaN batch)
+    perturbs nothing. The authors compute g on adversarial examples (PGD);
+    here g is the gradient of the compiled loss on the batch as given.
+
+    ``start_epoch`` (the paper's warm-up) needs to know the epoch, which only
+    a callback sees: train with ``keras_reg.callbacks.RegularizationScope(
+    AWP(..., start_epoch=k))``; epochs before ``k`` are plain steps. As
+    `SAM`, BatchNormalization statistics keep the clean pass's update unless
+    ``update_batch_norm=True``; ``sharpness`` in the logs is L(w + e) - L(w).
+
+    Args:
+        gamma: Relative size of the perturbation of each tensor (paper: 5e-3
+            for adversarial training on CIFAR-10).
+        layers: Names of the layers whose kernels are perturbed; None: every
+            trainable weight with two or more axes.
+        start_epoch: First epoch (0-based, as ``fit`` counts) with AWP.
+        update_batch_norm: Let the perturbed pass update BatchNormalization's
+            moving statistics too.
+
+    Example:
+        >>> keras_reg.awp(model, gamma=5e-3)
+        >>> scope = keras_reg.callbacks.RegularizationScope(
+        ...     keras_reg.AWP(gamma=5e-3, start_epoch=2))
+        >>> model.fit(x, y, epochs=10, callbacks=[scope])
+    """
+
+    def __init__(self, gamma=5e-3, layers=None, start_epoch=0, update_batch_norm=False):
+        super().__init__(update_batch_norm)
+        self.gamma = positive_number("gamma", gamma, example=5e-3)
+        self.layers = _check_layers(layers)
+        if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or (
+            start_epoch < 0
+        ):
+            raise ValueError(
+                "`start_epoch` must be an integer >= 0, received "
+                f"start_epoch={start_epoch!r}. Pass e.g. start_epoch=0."
+            )
+        self.start_epoch = start_epoch
+        self._epoch = None
+
+    def watched_variables(self, model):
+        if self.layers is None:
+            variables = list(model.trainable_variables)
+        else:
+            variables = _layer_variables(model, self.layers, "AWP")
+        return [v for v in variables if len(v.shape) >= 2]
+
+    def on_epoch_begin(self, epoch):
+        before = self._active()
+        self._epoch = epoch
+        return before != self._active()
+
+    def _active(self):
+        if self.start_epoch == 0:
+            return True
+        return None if self._epoch is None else self._epoch >= self.start_epoch
+
+    def regularized_loss(self, step):
+        active = self._active()
+        if active is None:
+            raise ValueError(
+                f"AWP(start_epoch={self.start_epoch}) needs to know the epoch, "
+                "which only a callback sees. Train with `model.fit(..., callbacks="
+                "[keras_reg.callbacks.RegularizationScope(AWP(...))])`, or pass "
+                "start_epoch=0."
+            )
+        if not active:
+            step.log("sharpness", ops.zeros((), "float32"))
+            return step.loss
+        return super().regularized_loss(step)
+
+    def perturbations(self, variables, values, gradients):
+        del variables
+        squares = [ops.sum(ops.square(g)) for g in gradients]
+        usable = ops.isfinite(sum(squares))
+        deltas = []
+        for w, g, square in zip(values, gradients, squares):
+            norm = ops.sqrt(square)
+            size = self.gamma * ops.sqrt(ops.sum(ops.square(w)))
+            deltas.append(g * ops.divide_no_nan(size, norm))
+        return _no_nan(usable, deltas)
+
+    def get_config(self):
+        return {
+            "gamma": self.gamma,
+            "layers": self.layers,
+            "start_epoch": self.start_epoch,
+            "update_batch_norm": self.update_batch_norm,
+        }
+
+
+@check_options
+def sharpness_aware_minimization(
+    model, rho=None, adaptive=False, eta=0.01, update_batch_norm=False
+):
+    """Trains a compiled model with SAM (or ASAM with ``adaptive=True``).
+
+    See `SAM`. One line after ``compile``; `keras_reg.remove_regularization`
+    restores the plain step.
+
+    Returns:
+        ``model``.
+
+    Example:
+        >>> keras_reg.sharpness_aware_minimization(model, rho=0.05)
+        >>> keras_reg.sharpness_aware_minimization(model, adaptive=True)  # ASAM
+    """
+    regularizer = SAM(
+        rho=rho, adaptive=adaptive, eta=eta, update_batch_norm=update_batch_norm
+    )
+    return step_module.install(model, regularizer)
+
+
+@check_options
+def awp(model, gamma=5e-3, layers=None, update_batch_norm=False):
+    """Trains a compiled model with adversarial weight perturbation.
+
+    See `AWP`. For a warm-up (``start_epoch``) use
+    ``keras_reg.callbacks.RegularizationScope(keras_reg.AWP(...))``.
+
+    Returns:
+        ``model``.
+
+    Example:
+        >>> keras_reg.awp(model, gamma=5e-3)
+    """
+    regularizer = AWP(gamma=gamma, layers=layers, update_batch_norm=update_batch_norm)
+    return step_module.install(model, regularizer)
