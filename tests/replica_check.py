@@ -114,6 +114,8 @@ EXTRA_CASES = (
     "balance-realtime",
     "balance-gradient",
     "balance-pareto",
+    "input-gp",
+    "noise-input",
 )
 
 
@@ -145,7 +147,36 @@ def cases():
 
         return build
 
+    def float_inputs(factory):
+        # Regularisers of float inputs (not in the shared suite, whose model
+        # reads token ids).
+        def build(keras):
+            x, (y, _), _ = _multitask_data()
+            model = keras.Sequential(
+                [
+                    keras.Input((5,)),
+                    keras.layers.Dense(4, activation="tanh"),
+                    keras.layers.Dense(3, activation="softmax"),
+                ]
+            )
+            rng = np.random.default_rng(6)
+            for variable in model.weights:
+                variable.assign(rng.normal(size=variable.shape).astype("float32"))
+            model.compile(
+                loss="sparse_categorical_crossentropy",
+                optimizer=keras.optimizers.SGD(LR),
+            )
+            return model, (x, y, None), factory()
+
+        return build
+
     built = {"plain": regularised(lambda: None), "flooding": flooding}
+    built["input-gp"] = float_inputs(
+        lambda: keras_reg.InputGradientPenalty(0.5, seed=3)
+    )
+    built["noise-input"] = float_inputs(
+        lambda: keras_reg.NoiseTraining(stddev=0.3, seed=3)
+    )
     built.update({name: regularised(f) for name, f in REGULARIZERS.items()})
     for method in ("realtime", "gradient", "pareto"):
         built[f"balance-{method}"] = balancing(method)
