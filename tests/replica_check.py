@@ -32,6 +32,8 @@ def _configure(mode):
         os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
         return
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if mode == "tf-keras-mirrored":
+        os.environ["TF_KERAS"] = os.environ["TF_USE_LEGACY_KERAS"] = "1"
     import tensorflow as tf
 
     if mode == "multiworker":
@@ -214,6 +216,46 @@ def parse(output):
     return None
 
 
+def tf_keras_cases():
+    """The tf_keras (Keras 2) cases: name -> ``build(keras) -> (model, data, reg)``."""
+    import tf_keras
+
+    import keras_reg
+    from tests import models
+
+    def regularised(factory):
+        def build(keras):
+            del keras
+            model = tf_keras.Sequential(
+                [
+                    tf_keras.Input((models.LENGTH,), dtype="int32"),
+                    tf_keras.layers.Embedding(models.VOCAB, models.DIM, name="emb"),
+                    tf_keras.layers.GlobalAveragePooling1D(),
+                    tf_keras.layers.Dense(
+                        models.CLASSES, activation="softmax", name="out"
+                    ),
+                ]
+            )
+            E, W, b = models.initial_weights(np.random.default_rng(1))
+            model.set_weights([E, W, b])
+            model.compile(
+                loss="sparse_categorical_crossentropy",
+                optimizer=tf_keras.optimizers.SGD(LR),
+            )
+            return model, _data(), factory()
+
+        return build
+
+    return {
+        "plain": regularised(lambda: None),
+        "fgm": regularised(lambda: keras_reg.FGM("emb", epsilon=0.7)),
+        "gp-row": regularised(
+            lambda: keras_reg.GradientPenalty("emb", epsilon=1.0, per="row")
+        ),
+        "vat-matrix": regularised(lambda: keras_reg.VAT("emb", epsilon=0.5, xi=1.0)),
+    }
+
+
 def _weights(keras, model):
     return [np.array(keras.ops.convert_to_numpy(v)) for v in model.trainable_weights]
 
@@ -273,10 +315,17 @@ def _check_distributed(keras, model):
         devices = {d for v in model.trainable_weights for d in v.value.devices()}
         assert len(devices) == 2, devices
         return
+    import tensorflow as tf
+
     strategy = getattr(model, "distribute_strategy", None)
-    if strategy is not None and strategy.num_replicas_in_sync == 1:
-        return
-    assert strategy is not None and strategy.num_replicas_in_sync == 2
+    if strategy is None or strategy.num_replicas_in_sync == 1:
+        # tf_keras models keep theirs in _distribution_strategy.
+        if tf.distribute.has_strategy() or not hasattr(model, "_distribution_strategy"):
+            return
+        strategy = model._distribution_strategy
+        if strategy is None or strategy.num_replicas_in_sync == 1:
+            return
+    assert strategy.num_replicas_in_sync == 2
 
 
 def main(mode, names):
@@ -287,7 +336,8 @@ def main(mode, names):
     scope, _ = _strategy(mode)
     keras.config.disable_traceback_filtering()
     results = {}
-    for name, build in cases().items():
+    every = tf_keras_cases() if mode == "tf-keras-mirrored" else cases()
+    for name, build in every.items():
         if names and name not in names:
             continue
         try:
