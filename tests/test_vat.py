@@ -45,9 +45,9 @@ def test_power_iteration_of_vat_on_a_linear_model(fixed_noise):
     captured = {}
     original = virtual_adversarial.normalize
 
-    def spy(d, norm):  # the last call normalises the final direction into r
+    def spy(d, norm, step=None):  # the last call normalises the final direction
         captured["d"] = d
-        return original(d, norm)
+        return original(d, norm, step)
 
     virtual_adversarial.normalize = spy
     try:

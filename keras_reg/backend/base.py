@@ -81,15 +81,90 @@ class Step(abc.ABC):
         self._metrics[name].update_state(self._constant(value))
 
     def loss_plus(self, term):
-        """Returns ``loss + term``, the term cast to the loss's dtype.
+        """Returns ``loss + term / replicas``, the term cast to the loss's dtype.
 
-        Regularisers compute their terms in float32; tf_keras computes a
-        mixed-precision loss in float16 (Keras 3's is float32 already).
+        ``term`` is a value of the global batch, the same on every replica
+        (taken with `global_sum` / `global_mean` where it depends on the
+        batch); the framework sums the replicas' gradients, so each replica
+        adds its share, as Keras scales its own loss. Regularisers compute
+        their terms in float32; tf_keras computes a mixed-precision loss in
+        float16 (Keras 3's is float32 already).
         """
+        if self.replicas() > 1:
+            term = term / self.replicas()
         dtype = getattr(self.loss, "dtype", None)
         if dtype is not None:
             term = keras.ops.cast(term, keras.backend.standardize_dtype(dtype))
         return self.loss + term
+
+    # ---- the global batch: reductions across replicas ------------------------
+    # Under a data-parallel strategy that runs the step once per replica on its
+    # shard of the global batch (tf.distribute), every norm, mean or draw "over
+    # the batch" must be taken over the global batch, or the maths changes
+    # with the number of devices. Where the framework's arrays are already
+    # global (JAX under keras.distribution, one device), these are identities.
+
+    def replicas(self):
+        """Returns the number of replicas whose shards make the global batch."""
+        return 1
+
+    def replica_index(self):
+        """Returns this replica's index (0 .. replicas - 1), a scalar tensor or int."""
+        return 0
+
+    def global_sum(self, value):
+        """Returns the sum of ``value`` over the replicas (differentiable).
+
+        Args:
+            value: A tensor, the same shape on every replica (a
+                `tf.IndexedSlices` on TensorFlow: its rows are concatenated).
+        """
+        return value
+
+    def global_mean(self, value):
+        """Returns the mean of ``value`` over the replicas (differentiable).
+
+        For a mean over this replica's shard of the batch, the mean over the
+        global batch (replicas hold shards of one size).
+        """
+        if self.replicas() == 1:
+            return value
+        return self.global_sum(value) / self.replicas()
+
+    def all_gather(self, value):
+        """Returns the replicas' ``value`` concatenated on axis 0, in replica order."""
+        return value
+
+    def shard(self, value):
+        """Returns this replica's rows of a global-batch tensor (axis 0).
+
+        With `draw_per_example`, every replica draws the same global tensor
+        and keeps its own rows, so each replica draws distinct values and the
+        global batch sees exactly what one device would draw.
+        """
+        count = self.replicas()
+        if count == 1:
+            return value
+        size = keras.ops.shape(value)[0] // count
+        start = self.replica_index() * size
+        return keras.ops.slice(
+            value,
+            [start] + [0] * (len(value.shape) - 1),
+            [size, *keras.ops.shape(value)[1:]],
+        )
+
+    def draw_per_example(self, draw, shape):
+        """Returns this replica's rows of ``draw(global_shape)``.
+
+        Args:
+            draw: ``draw(shape) -> tensor``, a random draw (same seed on every
+                replica).
+            shape: The shape of the draw for this replica's shard (batch first).
+        """
+        if self.replicas() == 1:
+            return draw(shape)
+        shape = tuple(shape)
+        return self.shard(draw((shape[0] * self.replicas(), *shape[1:])))
 
     def _constant(self, value):
         return keras.ops.stop_gradient(keras.ops.cast(value, "float32"))

@@ -125,7 +125,7 @@ class Step(stateless.Step):
                 f"The training loss does not depend on variable {variable.name!r}: "
                 "is the layer used by the model's forward pass?"
             )
-        return jax.lax.stop_gradient(gradient)
+        return jax.lax.stop_gradient(like_variable(gradient, variable))
 
     def weight_gradients(self, variables):
         _, gradients = self._scaled_value_and_gradients(variables)
@@ -272,8 +272,42 @@ class Step(stateless.Step):
 
 
 def _step_counter(optimizer):
-    """Returns the optimizer's variable counting train steps."""
+    """Returns the optimizer's variable counting train steps.
+
+    A `keras.optimizers.LossScaleOptimizer`'s own ``iteration`` never moves
+    (its ``iterations`` are the inner optimizer's): take the inner one's, or
+    every step of a mixed_float16 model would repeat the same draws.
+    """
+    inner = getattr(optimizer, "inner_optimizer", None)
+    if inner is not None:
+        return _step_counter(inner)
     for variable in optimizer.variables:
         if variable.name == "iteration":
             return variable
     return optimizer.iterations
+
+
+def like_variable(value, variable):
+    """Returns ``value`` laid out like ``variable`` where a distribution shards it.
+
+    Under `keras.distribution.ModelParallel` a variable sharded by the layout
+    map (an embedding matrix split over devices) has a gradient, and an FGM
+    direction, of its shape. Left to itself the compiler replicated the
+    direction on every device (measured: each of 2 devices held the whole
+    vocabulary x dim matrix); constrained like the variable, each device holds
+    its own rows, which is what lets a vocabulary that fits on no single
+    device be perturbed.
+
+    Args:
+        value: A tensor shaped like ``variable``.
+        variable: A Keras variable; without a layout (no distribution, or
+            one that does not lay it out) ``value`` is returned as is.
+    """
+    distribution = keras.distribution.distribution()
+    if distribution is None or not isinstance(variable, keras.Variable):
+        return value
+    layout = distribution.get_variable_layout(variable)
+    sharding = getattr(layout, "backend_layout", layout)
+    if not isinstance(sharding, jax.sharding.Sharding):
+        return value
+    return jax.lax.with_sharding_constraint(value, sharding)

@@ -141,7 +141,8 @@ class Step(base.Step):
         return optimizer.scale_loss(loss) if optimizer is not None else loss
 
     def scale_to_norm(self, gradient, epsilon):
-        gradient = ops.convert_to_tensor(gradient)
+        # In float32: squaring a float16 gradient of the scaled loss overflows.
+        gradient = ops.cast(ops.convert_to_tensor(gradient), "float32")
         norm = ops.sqrt(ops.sum(ops.square(gradient)))
         # A zero or non-finite norm (NaN loss) gives no perturbation at all.
         usable = ops.logical_and(ops.isfinite(norm), norm > 0)

@@ -156,6 +156,9 @@ def scale_to_norm(gradient, epsilon, dense):
 
 
 def _scaled(values, epsilon):
+    # In float32: a float16 gradient of the scaled loss (mixed precision)
+    # overflows when squared.
+    values = tf.cast(values, tf.float32)
     norm = tf.norm(values)
     usable = tf.logical_and(tf.math.is_finite(norm), norm > 0)
     scale = tf.math.divide_no_nan(tf.cast(epsilon, values.dtype), norm)
@@ -251,7 +254,9 @@ class Step(base.Step):
                     f"{variable.name!r}: is the layer used by the model's forward "
                     "pass?"
                 )
-            self._gradients[key] = gradient
+            # Each replica's loss is its shard's share of the global loss
+            # (Keras divides by the replicas): their sum is the global gradient.
+            self._gradients[key] = self.global_sum(gradient)
         return self._gradients[key]
 
     def penalty_gradients(self, variables):
@@ -259,7 +264,46 @@ class Step(base.Step):
         gradients = self._recorder.tape.gradient(
             loss, [raw_variable(v) for v in variables]
         )
-        return [self._unscaled(g) for g in gradients]
+        return [
+            None if g is None else self.global_sum(self._unscaled(g))
+            for g in gradients
+        ]
+
+    def _replica_context(self):
+        """The replica context of a strategy with several replicas, else None."""
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return None
+        return context
+
+    def replicas(self):
+        context = self._replica_context()
+        return 1 if context is None else context.num_replicas_in_sync
+
+    def replica_index(self):
+        context = self._replica_context()
+        return 0 if context is None else context.replica_id_in_sync_group
+
+    def global_sum(self, value):
+        context = self._replica_context()
+        if context is None:
+            return value
+        if isinstance(value, tf.IndexedSlices):
+            # The rows of every replica, concatenated: a sum once repeated rows
+            # are summed. (An all-reduce of IndexedSlices is not differentiated
+            # correctly by a penalty; all_gather is.)
+            return tf.IndexedSlices(
+                context.all_gather(value.values, axis=0),
+                context.all_gather(value.indices, axis=0),
+                value.dense_shape,
+            )
+        # Differentiable: the gradient of an all-sum is the all-sum of the
+        # replicas' upstream gradients (tf.distribute defines it so).
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+    def all_gather(self, value):
+        context = self._replica_context()
+        return value if context is None else context.all_gather(value, axis=0)
 
     def output_gradients(self, layer, of=None):
         outputs = self._recorder.outputs[id(layer)]
@@ -289,8 +333,12 @@ class Step(base.Step):
         loss = self.scale_loss(self.loss)
         raw = [raw_variable(v) for v in variables]
         gradients = self._recorder.tape.gradient(loss, raw)
+        # Each replica's loss is its share of the global loss: the sum over
+        # the replicas is the global gradient.
         return [
-            tf.zeros_like(r) if g is None else tf.stop_gradient(tf.convert_to_tensor(g))
+            tf.zeros_like(r)
+            if g is None
+            else tf.stop_gradient(self.global_sum(tf.convert_to_tensor(g)))
             for r, g in zip(raw, gradients)
         ]
 

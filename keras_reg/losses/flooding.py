@@ -5,6 +5,7 @@ import numbers
 import re
 
 from keras_reg._compat import keras
+from keras_reg.backend import replicas
 
 ops = keras.ops
 
@@ -132,9 +133,11 @@ class Flooding(keras.losses.Loss):
     ``"sum_over_batch_size"``). Sample weights and Keras masks are applied by
     the wrapped loss before flooding.
 
-    Under ``tf.distribute`` Keras scales each replica's loss by
-    ``1 / num_replicas``, so divide ``level`` by the number of replicas (and note
-    that each replica then floods its own shard of the batch).
+    Under ``tf.distribute`` the flood acts on the global batch loss, as on one
+    device: each replica's shard loss is averaged over the replicas to decide
+    between descent and ascent (``level`` needs no change with the number of
+    devices). Shards are assumed to be of one size, as in Keras's own
+    averaging.
 
     Example:
     ```python
@@ -180,7 +183,17 @@ class Flooding(keras.losses.Loss):
         value = self._inner(y_true, y_pred, sample_weight=sample_weight)
         value = ops.cast(value, self.dtype)
         level = ops.cast(self.level, self.dtype)
-        return ops.abs(value - level) + level
+        reduced = replicas.global_sum(value)
+        if reduced is None:
+            return ops.abs(value - level) + level
+        # Several replicas, each with its shard's share of L (Keras divides by
+        # the replicas): each returns its share of the global |L - b| + b,
+        # with the gradient sign(L - b) x its share's gradient.
+        batch, count = reduced
+        sign = ops.sign(batch - level)
+        return sign * (value - ops.stop_gradient(value)) + (
+            ops.abs(batch - level) + level
+        ) / count
 
     def call(self, y_true, y_pred):
         """Returns the flooded batch loss without sample weights."""

@@ -88,10 +88,14 @@ class GradientPenalty(TrainingRegularizer):
     def regularized_loss(self, step):
         layer = find_embedding_layer(step.model, self.embedding_name)
         if self.per == "occurrence":
+            # One gradient per token occurrence of this replica's shard: the
+            # global batch's penalty sums over every replica's occurrences.
             gradients = step.output_gradients(layer)
+            squared = step.global_sum(sum(step.squared_norm(g) for g in gradients))
         else:
+            # The matrix gradient of the global loss (summed over replicas).
             gradients = step.penalty_gradients([embedding_matrix(layer)])
-        squared = sum(step.squared_norm(g) for g in gradients)
+            squared = sum(step.squared_norm(g) for g in gradients)
         penalty = 0.5 * self.epsilon * squared
         step.log("gradient_penalty", penalty)
         return step.loss_plus(penalty)
@@ -240,7 +244,7 @@ class InputGradientPenalty(TrainingRegularizer):
         seed = step.seed(self.generator)
         gradients = step.input_gradients(
             lambda outputs: projection.output_projection(
-                keras.tree.flatten(outputs)[0], seed
+                keras.tree.flatten(outputs)[0], seed, step
             )
         )
         if not gradients:
@@ -250,10 +254,10 @@ class InputGradientPenalty(TrainingRegularizer):
             )
         per_example = sum(_per_example_squares(g) for g in gradients)
         if self.target is None:
-            penalty = ops.mean(per_example)
+            penalty = step.global_mean(ops.mean(per_example))
         else:
             norm = ops.sqrt(per_example + 1e-12)
-            penalty = ops.mean(ops.square(norm - self.target))
+            penalty = step.global_mean(ops.mean(ops.square(norm - self.target)))
         penalty = self.weight * penalty
         step.log("input_gradient_penalty", penalty)
         return step.loss_plus(penalty)

@@ -244,13 +244,25 @@ class LossBalancing(TrainingRegularizer):
                 )
             return [1.0 / self.reference_losses[name] for name in tasks.names]
         if self.method == "realtime":
-            return [_realtime(value, self.gamma) for value in tasks.values]
+            # The global batch's task losses (each replica's is its shard's).
+            return [
+                _realtime(step.global_mean(ops.cast(value, "float32")), self.gamma)
+                for value in tasks.values
+            ]
         count = len(tasks.values)
+        # Gradients at this replica's rows of h, of its shard's mean loss:
+        # replicas x the global batch's (a common factor, divided out below).
         gradients = representation_gradients(step, self.shared_layer, count)
         if self.method == "gradient":
-            return [inverse(ops.sqrt(ops.sum(ops.square(g)))) for g in gradients]
+            return [
+                inverse(
+                    ops.sqrt(step.global_sum(ops.sum(ops.square(g)))) / step.replicas()
+                )
+                for g in gradients
+            ]
         weighted = [g * ops.cast(w, g.dtype) for g, w in zip(gradients, tasks.weights)]
-        return list(ops.unstack(min_norm_weights(weighted), axis=0))
+        weights = min_norm_weights(weighted, reduce=step.global_sum)
+        return list(ops.unstack(weights, axis=0))
 
     def get_config(self):
         return {

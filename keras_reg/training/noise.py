@@ -124,8 +124,10 @@ class NoiseTraining(TrainingRegularizer):
         return step.training_loss(layer=layer, transform=add_noise)
 
     def _noisy(self, value, step):
-        noise = keras.random.normal(
-            ops.shape(value), stddev=self.stddev, seed=step.seed(self.generator)
+        seed = step.seed(self.generator)
+        noise = step.draw_per_example(
+            lambda shape: keras.random.normal(shape, stddev=self.stddev, seed=seed),
+            ops.shape(value),
         )
         return value + ops.cast(noise, value.dtype)
 
@@ -144,10 +146,10 @@ class NoiseTraining(TrainingRegularizer):
             outputs = keras.tree.flatten(outputs)[0]
             if family == "squared_error":
                 return projection.squared_error_projection(
-                    outputs, seed, step.sample_weight
+                    outputs, seed, step.sample_weight, step
                 )
             return projection.fisher_projection(
-                outputs, family, seed, step.sample_weight
+                outputs, family, seed, step.sample_weight, step
             )
 
         if self.embedding_name is None:
@@ -155,8 +157,10 @@ class NoiseTraining(TrainingRegularizer):
         else:
             layer = find_embedding_layer(step.model, self.embedding_name)
             gradients = step.output_gradients(layer, of=projected)
-        batch = ops.cast(ops.shape(y_pred)[0], "float32")
-        squared = sum(step.squared_norm(g) for g in gradients)
+        # Per-example gradients of this replica's shard: sum over the replicas,
+        # divide by the global batch size.
+        batch = ops.cast(ops.shape(y_pred)[0] * step.replicas(), "float32")
+        squared = step.global_sum(sum(step.squared_norm(g) for g in gradients))
         penalty = 0.5 * self.stddev**2 * squared / batch
         step.log("noise_penalty", penalty)
         return step.loss_plus(penalty)

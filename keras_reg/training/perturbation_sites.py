@@ -54,6 +54,9 @@ def input_error(model, received):
 class InputSite:
     """Perturbs the model's (single, float) input."""
 
+    # The perturbation has one row per example of this replica's shard.
+    per_example = True
+
     def __init__(self, step):
         self.step = step
 
@@ -81,6 +84,8 @@ class OutputSite:
     flattened per example and the parts are concatenated: ``batch x total``,
     so ``norm="example"`` takes one norm per example over all its calls.
     """
+
+    per_example = True
 
     def __init__(self, step, layer):
         self.step = step
@@ -148,8 +153,12 @@ class MatrixSite(OutputSite):
     shapes, so XLA compiles it), and the perturbation holds one row per
     distinct id in slots ``0 .. distinct - 1`` of an ``N x dim`` tensor (the
     other slots stay zero). Slot k is the k-th smallest id of the batch, in
-    every call.
+    every call. Under several replicas the ids of the global batch are
+    gathered first, so every replica holds the same slots (the global
+    batch's), as one device would.
     """
+
+    per_example = False
 
     def __init__(self, step, layer):
         super().__init__(step, layer)
@@ -170,6 +179,7 @@ class MatrixSite(OutputSite):
 
     def lookup(self, delta, index):
         slot, _ = self._groups()
+        slot = self._local_block(slot)
         ids = self.calls[index]
         if len(self.calls) > 1:
             start = sum(ops.size(c) for c in self.calls[:index])
@@ -177,9 +187,21 @@ class MatrixSite(OutputSite):
         rows = ops.take(delta, slot, axis=0)
         return ops.reshape(rows, (*ops.shape(ids), ops.shape(delta)[-1]))
 
-    def _all_ids(self):
+    def _local_ids(self):
         flat = [ops.reshape(ops.cast(ids, "int32"), (-1,)) for ids in self.calls]
         return flat[0] if len(flat) == 1 else ops.concatenate(flat, axis=0)
+
+    def _all_ids(self):
+        """The ids of the global batch: every replica's, in replica order."""
+        return self.step.all_gather(self._local_ids())
+
+    def _local_block(self, values):
+        """This replica's part of a tensor over `_all_ids` (same-size shards)."""
+        if self.step.replicas() == 1:
+            return values
+        size = ops.size(self._local_ids())
+        start = self.step.replica_index() * size
+        return ops.slice(values, [start], [size])
 
     def _groups(self):
         if self._grouped is None:

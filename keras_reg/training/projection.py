@@ -14,12 +14,20 @@ from keras_reg.training.divergence import log_probabilities
 ops = keras.ops
 
 
-def signs(shape, seed):
-    """Returns independent +-1 values (float32) of ``shape``."""
-    return ops.cast(keras.random.randint(shape, 0, 2, seed=seed), "float32") * 2 - 1
+def signs(shape, seed, step=None):
+    """Returns independent +-1 values (float32) of ``shape`` (batch first).
+
+    With ``step``, the rows of a draw over the global batch that belong to
+    this replica (`keras_reg.backend.base.Step.draw_per_example`).
+    """
+
+    def draw(shape):
+        return ops.cast(keras.random.randint(shape, 0, 2, seed=seed), "float32") * 2 - 1
+
+    return draw(shape) if step is None else step.draw_per_example(draw, shape)
 
 
-def fisher_projection(y_pred, kind, seed, sample_weight=None):
+def fisher_projection(y_pred, kind, seed, sample_weight=None, step=None):
     """Returns sum_{i,k} eta_ik sqrt(w_i p_ik) log p_ik, sqrt(w p) held constant.
 
     Its gradient's squared norm estimates sum_i w_i sum_k p_ik ||grad log p_ik||^2,
@@ -31,16 +39,17 @@ def fisher_projection(y_pred, kind, seed, sample_weight=None):
         kind: ``"probabilities"`` or ``"logits"``.
         seed: Seed of the signs.
         sample_weight: Optional per-example weights.
+        step: The step in progress, for draws over the global batch (`signs`).
     """
     log_p = log_probabilities(y_pred, kind)
     weight = ops.exp(log_p)
     if sample_weight is not None:
         weight = weight * _per_example(sample_weight, log_p)
     weight = ops.stop_gradient(ops.sqrt(weight))
-    return ops.sum(signs(ops.shape(log_p), seed) * weight * log_p)
+    return ops.sum(signs(ops.shape(log_p), seed, step) * weight * log_p)
 
 
-def squared_error_projection(y_pred, seed, sample_weight=None):
+def squared_error_projection(y_pred, seed, sample_weight=None, step=None):
     """Returns sum_{i,k} eta_ik sqrt(2 w_i / K) f_ik for K outputs per example.
 
     Its gradient's squared norm estimates sum_i w_i (2 / K) sum_k ||grad f_ik||^2,
@@ -53,10 +62,10 @@ def squared_error_projection(y_pred, seed, sample_weight=None):
     if sample_weight is not None:
         weight = weight * _per_example(sample_weight, y_pred)
     weight = ops.stop_gradient(ops.sqrt(weight))
-    return ops.sum(signs(ops.shape(y_pred), seed) * weight * y_pred)
+    return ops.sum(signs(ops.shape(y_pred), seed, step) * weight * y_pred)
 
 
-def output_projection(y_pred, seed):
+def output_projection(y_pred, seed, step=None):
     """Returns sum_{i,k} eta_ik f_ik; exactly sum_i f_i for one output per example.
 
     Its gradient's squared norm per example estimates the squared Frobenius
@@ -65,7 +74,7 @@ def output_projection(y_pred, seed):
     y_pred = ops.cast(y_pred, "float32")
     if len(y_pred.shape) == 1 or y_pred.shape[-1] == 1:
         return ops.sum(y_pred)
-    return ops.sum(signs(ops.shape(y_pred), seed) * y_pred)
+    return ops.sum(signs(ops.shape(y_pred), seed, step) * y_pred)
 
 
 def _per_example(sample_weight, like):

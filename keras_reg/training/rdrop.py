@@ -73,10 +73,13 @@ class RDrop(TrainingRegularizer):
     def regularized_loss(self, step):
         kind = output_kind(step.model, self.predictions, warn=False, who="RDrop")
         y_pred, loss = step.training_pass()
-        symmetric = symmetric_kl(step.y_pred, y_pred, kind)
+        # The KL is a mean over the global batch; each replica adds its share
+        # (the framework sums the replicas' gradients).
+        symmetric = step.global_mean(symmetric_kl(step.y_pred, y_pred, kind))
         step.log("rdrop_kl", symmetric)
         mean = (step.loss + ops.cast(loss, step.loss.dtype)) * 0.5
-        return mean + ops.cast(symmetric * (self.alpha / 4.0), mean.dtype)
+        term = symmetric * (self.alpha / 4.0) / step.replicas()
+        return mean + ops.cast(term, mean.dtype)
 
     def get_config(self):
         return {"alpha": self.alpha, "predictions": self.predictions}

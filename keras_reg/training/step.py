@@ -25,6 +25,7 @@ refused at its first step, since the regulariser would silently not run.
 """
 
 import inspect
+import threading
 import types
 import warnings
 
@@ -53,9 +54,25 @@ class _Installation:
             name: self.backend.attach_metric(model, name)
             for name in regularizer.logged_terms()
         }
-        self.recorder = None
-        self.data = None
-        self.training = False
+        # Per thread: under tf.distribute.MirroredStrategy each replica traces
+        # its step in a thread of its own, on this one installation.
+        self._local = threading.local()
+
+    recorder = property(
+        lambda self: getattr(self._local, "recorder", None),
+        lambda self, value: setattr(self._local, "recorder", value),
+        doc="The step scope's recorder until compute_loss takes it (per thread).",
+    )
+    data = property(
+        lambda self: getattr(self._local, "data", None),
+        lambda self, value: setattr(self._local, "data", value),
+        doc="The batch of the step in progress (per thread).",
+    )
+    training = property(
+        lambda self: getattr(self._local, "training", False),
+        lambda self, value: setattr(self._local, "training", value),
+        doc="Whether a training step is in progress (per thread).",
+    )
 
     def _plain(self, name):
         """Returns the model's own method: an instance override, else its class's."""

@@ -56,7 +56,7 @@ def representation_gradients(step, layer_name, count):
     return [step.gradient_of(task_loss(i), zero) for i in range(count)]
 
 
-def min_norm_weights(gradients, steps=FRANK_WOLFE_STEPS):
+def min_norm_weights(gradients, steps=FRANK_WOLFE_STEPS, reduce=None):
     """Returns a on the simplex minimising ||sum_i a_i g_i|| (Frank-Wolfe).
 
     Each iteration moves towards the vertex e_t with the smallest
@@ -65,6 +65,9 @@ def min_norm_weights(gradients, steps=FRANK_WOLFE_STEPS):
     Args:
         gradients: A list of tensors of one shape.
         steps: Frank-Wolfe iterations.
+        reduce: Optional ``reduce(gram) -> gram``: the sum over replicas of
+            the inner products, where each holds its shard's rows of the
+            gradients (`keras_reg.backend.base.Step.global_sum`).
 
     Returns:
         A float32 vector of ``len(gradients)`` weights summing to 1.
@@ -73,6 +76,8 @@ def min_norm_weights(gradients, steps=FRANK_WOLFE_STEPS):
         [ops.reshape(ops.cast(g, "float32"), (-1,)) for g in gradients], axis=0
     )
     gram = ops.matmul(flat, ops.transpose(flat))
+    if reduce is not None:
+        gram = reduce(gram)
     count = len(gradients)
     weights = ops.ones((count,), "float32") / count
     diagonal = ops.diagonal(gram)

@@ -113,8 +113,15 @@ class UnlabeledSampler:
             return next(self.iterator)
         if self.arrays is None:
             return step.x
-        size = self.batch_size or ops.shape(keras.tree.flatten(step.x)[0])[0]
-        index = keras.random.randint((size,), 0, self.size, seed=step.seed(self.seed))
+        # One draw for the global batch; each replica keeps its own rows, so
+        # the replicas draw distinct examples, as one device would.
+        size = self.batch_size
+        if size is None:
+            size = ops.shape(keras.tree.flatten(step.x)[0])[0] * step.replicas()
+        seed = step.seed(self.seed)
+        index = step.shard(
+            keras.random.randint((size,), 0, self.size, seed=seed)
+        )
         return keras.tree.map_structure(
             lambda a: ops.take(a, index, axis=0), self.arrays
         )

@@ -40,10 +40,17 @@ PERTURB = ("matrix", "output")
 NORM = ("batch", "example")
 
 
-def normalize(d, norm):
-    """Returns ``d`` scaled to unit L2 norm over the whole tensor or per example."""
+def normalize(d, norm, step=None):
+    """Returns ``d`` scaled to unit L2 norm over the whole tensor or per example.
+
+    With ``step``, ``d`` is this replica's rows of a global-batch tensor, and
+    the whole-tensor norm is the global batch's (`Step.global_sum`).
+    """
     if norm == "batch":
-        return d / ops.maximum(ops.sqrt(ops.sum(ops.square(d))), 1e-12)
+        squares = ops.sum(ops.square(d))
+        if step is not None:
+            squares = step.global_sum(squares)
+        return d / ops.maximum(ops.sqrt(squares), 1e-12)
     axes = tuple(range(1, len(d.shape)))
     length = ops.sqrt(ops.sum(ops.square(d), axis=axes, keepdims=True))
     return d / ops.maximum(length, 1e-12)
@@ -240,19 +247,35 @@ class VAT(TrainingRegularizer):
         site = site_for(step, layer, self.perturb)
         p = site.predict(x, None)
         # EntMin differentiates through p; the VAT terms hold it constant.
+        # Means over this replica's shard become means over the global batch.
         entropy_term = (
-            self.entropy_weight * entropy(p, kind) if self.entropy_weight else 0
+            self.entropy_weight * step.global_mean(entropy(p, kind))
+            if self.entropy_weight
+            else 0
         )
         p = keras.tree.map_structure(ops.stop_gradient, p)
-        d = keras.random.normal(site.shape(x), seed=step.seed(self.noise_seed))
+        seed = step.seed(self.noise_seed)
+
+        def draw(shape):
+            return keras.random.normal(shape, seed=seed)
+
+        # A per-example perturbation holds this replica's rows of the global
+        # batch's (drawn and normalised over it); a matrix one is global.
+        local = step if site.per_example else None
+        if site.per_example:
+            d = step.draw_per_example(draw, site.shape(x))
+        else:
+            d = draw(site.shape(x))
         d = site.restrict(d)
         for _ in range(self.iters):
-            probe = self.xi * normalize(d, self.norm)
+            probe = self.xi * normalize(d, self.norm, local)
             d = step.gradient_of(
                 lambda delta: kl_divergence(p, site.predict(x, delta), kind), probe
             )
-        r = ops.stop_gradient(self.epsilon * normalize(d, self.norm))
-        vat_loss = kl_divergence(p, site.predict(x, r), kind)
+            if not site.per_example:
+                d = step.global_sum(d)
+        r = ops.stop_gradient(self.epsilon * normalize(d, self.norm, local))
+        vat_loss = step.global_mean(kl_divergence(p, site.predict(x, r), kind))
         return vat_loss, entropy_term
 
     def get_config(self):
