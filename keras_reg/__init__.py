@@ -10,7 +10,10 @@ Example:
 from keras_reg import callbacks, constraints, layers, losses, metrics, regularizers
 from keras_reg.training import (
     FGM,
+    PGD,
     VAT,
+    FreeFGM,
+    FreeLB,
     GradientPenalty,
     InputGradientPenalty,
     LossBalancing,
@@ -33,10 +36,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FGM",
+    "FreeFGM",
+    "FreeLB",
     "GradientPenalty",
     "InputGradientPenalty",
     "LossBalancing",
     "NoiseTraining",
+    "PGD",
     "ParameterGradientPenalty",
     "TrainingRegularizer",
     "VAT",

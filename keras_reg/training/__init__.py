@@ -1,6 +1,8 @@
 """Regularisers that act inside a training step, and their installer."""
 
 from keras_reg.training.adversarial import FGM, adversarial_training
+from keras_reg.training.free_fgm import FreeFGM
+from keras_reg.training.freelb import FreeLB
 from keras_reg.training.gradient_penalty import (
     GradientPenalty,
     InputGradientPenalty,
@@ -11,16 +13,20 @@ from keras_reg.training.gradient_penalty import (
 )
 from keras_reg.training.multitask import LossBalancing, balance_losses
 from keras_reg.training.noise import NoiseTraining, noise_training
+from keras_reg.training.pgd import PGD
 from keras_reg.training.regularizer import TrainingRegularizer
 from keras_reg.training.step import install, installed_regularizer, remove
 from keras_reg.training.virtual_adversarial import VAT, virtual_adversarial_training
 
 __all__ = [
     "FGM",
+    "FreeFGM",
+    "FreeLB",
     "GradientPenalty",
     "InputGradientPenalty",
     "LossBalancing",
     "NoiseTraining",
+    "PGD",
     "ParameterGradientPenalty",
     "TrainingRegularizer",
     "VAT",

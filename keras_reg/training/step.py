@@ -53,6 +53,10 @@ class _Installation:
             name: self.backend.attach_metric(model, name)
             for name in regularizer.logged_terms()
         }
+        self.states = {
+            name: self.backend.attach_state(model, name, shape)
+            for name, shape in regularizer.carried_state(model).items()
+        }
         self.recorder = None
         self.data = None
         self.training = False
@@ -67,6 +71,8 @@ class _Installation:
         """Removes the logged-term metrics from the model."""
         for metric in self.metrics.values():
             self.backend.detach_metric(self.model, metric)
+        for state in self.states.values():
+            self.backend.detach_state(self.model, state)
 
     def train_step(self, *args, **kwargs):
         variables = self.regularizer.watched_variables(self.model)
@@ -82,9 +88,11 @@ class _Installation:
             try:
                 logs = self.plain_train_step(*args, **kwargs)
                 if self.recorder is not None:
-                    raise RuntimeError(_NO_COMPUTE_LOSS.format(
-                        model=self.model.name, regularizer=self.regularizer
-                    ))
+                    raise RuntimeError(
+                        _NO_COMPUTE_LOSS.format(
+                            model=self.model.name, regularizer=self.regularizer
+                        )
+                    )
                 return logs
             finally:
                 self.recorder = None
@@ -121,6 +129,7 @@ class _Installation:
             loss=loss,
             compute_loss=self.plain_compute_loss,
             metrics=self.metrics,
+            states={name: state.carried for name, state in self.states.items()},
         )
         total = self.regularizer.regularized_loss(step)
         self.backend.report_loss(self.model, total, x)
