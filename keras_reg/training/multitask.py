@@ -347,10 +347,8 @@ def _shared_layer(model, name):
 
 
 def _one_loss_message(model, names):
-    found = (
-        "no compiled loss"
-        if names is None
-        else (f"{len(names)} loss term(s) ({', '.join(map(repr, names)) or 'none'})")
+    found = "no compiled loss" if names is None else (
+        f"{len(names)} loss term(s) ({', '.join(map(repr, names)) or 'none'})"
     )
     return (
         f"Loss balancing needs a model compiled with one loss per output, for at "

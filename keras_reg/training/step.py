@@ -88,11 +88,9 @@ class _Installation:
             try:
                 logs = self.plain_train_step(*args, **kwargs)
                 if self.recorder is not None:
-                    raise RuntimeError(
-                        _NO_COMPUTE_LOSS.format(
-                            model=self.model.name, regularizer=self.regularizer
-                        )
-                    )
+                    raise RuntimeError(_NO_COMPUTE_LOSS.format(
+                        model=self.model.name, regularizer=self.regularizer
+                    ))
                 return logs
             finally:
                 self.recorder = None
