@@ -154,8 +154,10 @@ class Step(stateless.Step):
             )
             return self.scale_loss(loss), loss
 
+        # Constants for the trainer's own differentiation: the surrogate
+        # (`linear_loss`) is what it differentiates, not this pass.
         (_, loss), gradients = jax.value_and_grad(scaled_loss, has_aux=True)(
-            [v.value for v in variables]
+            jax.lax.stop_gradient([v.value for v in variables])
         )
         gradients = [jax.lax.stop_gradient(self._unscaled(g)) for g in gradients]
         return jax.lax.stop_gradient(loss), gradients
