@@ -22,7 +22,7 @@ over seeds; the machine may be shared: compare within one run). Writes
 a run cut short still leaves the finished rows.
 
 Usage:
-    python examples/sentiment_adversaries.py            # 3 seeds, ~60 min, 2 cores
+    python examples/sentiment_adversaries.py            # 3 seeds, 3 epochs, ~40 min
     python examples/sentiment_adversaries.py --quick    # pipeline check (~2 min)
 """
 
@@ -104,7 +104,7 @@ def main():
     parser.add_argument("--output", default="results/sentiment_adversaries.md")
     args = parser.parse_args()
     seeds = args.seeds or (1 if args.quick else 3)
-    epochs = args.epochs or (1 if args.quick else 4)
+    epochs = args.epochs or (1 if args.quick else 3)
     labels = 200 if args.quick else args.labels
     start = time.time()
 
