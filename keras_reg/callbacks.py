@@ -7,6 +7,7 @@ from keras_reg._compat import keras
 from keras_reg.backend import eager_gradients
 from keras_reg.training import step
 from keras_reg.training.embedding import find_embedding_layer
+from keras_reg.validation import integer_argument
 
 # Model -> the RegularizationScope whose fit is running on it.
 _ACTIVE = weakref.WeakKeyDictionary()
@@ -30,15 +31,23 @@ class _ScopeMixin:
     first step (the scope wraps ``make_train_function``, which both call).
     """
 
-    def __init__(self, regularizer):
+    def __init__(self, regularizer, start_epoch=0):
         super().__init__()
         step.check_regularizer(regularizer)
         self.regularizer = regularizer
+        self.start_epoch = integer_argument("start_epoch", start_epoch, 0, example=1)
         self._previous = None
         self._installed_on = None
         self._own_call = False
+        self._waiting = False
 
     def on_train_begin(self, logs=None):
+        if self.start_epoch > 0:
+            self._waiting = True  # installed by on_epoch_begin(start_epoch)
+            return
+        self._begin()
+
+    def _begin(self):
         model = self.model
         other = _ACTIVE.get(model)
         if other is not None and other is not self:
@@ -61,6 +70,9 @@ class _ScopeMixin:
             self._own_call = False
 
     def on_epoch_begin(self, epoch, logs=None):
+        if self._waiting and epoch >= self.start_epoch:
+            self._waiting = False
+            self._begin()
         if self._installed_on is None:
             return
         if self.regularizer.on_epoch_begin(epoch):
@@ -72,6 +84,7 @@ class _ScopeMixin:
                 self._own_call = False
 
     def on_train_end(self, logs=None):
+        self._waiting = False
         self._restore()
 
     def _make_train_function(self, *args, **kwargs):
@@ -119,19 +132,30 @@ class RegularizationScope(_ScopeMixin, keras.callbacks.Callback):
     builds a tf_keras callback instead; elsewhere use `tf_keras_scope` for a
     tf_keras model.
 
+    With ``start_epoch=N`` the first N epochs of the ``fit`` (counted as
+    ``fit`` counts them, ``initial_epoch`` included) train plainly and the
+    regulariser is installed when epoch N begins (its logged terms appear
+    from then on). To ramp a strength up over steps instead, give the
+    regulariser a schedule (see `keras_reg.training.schedule`).
+
     Args:
         regularizer: A `keras_reg.TrainingRegularizer` instance, e.g.
             `keras_reg.FGM`.
+        start_epoch: The epoch (0-based) from which to train with it.
 
     Raises:
         TypeError: ``regularizer`` is not a regulariser instance (a name or a
             class).
+        ValueError: ``start_epoch`` is not an integer >= 0.
 
     Example:
         >>> scope = keras_reg.callbacks.RegularizationScope(
         ...     keras_reg.FGM("Embedding-Token", epsilon=1.0))
         >>> model.fit(x, y, callbacks=[scope])   # adversarial training
         >>> model.fit(x, y)                      # plain training again
+        >>> later = keras_reg.callbacks.RegularizationScope(
+        ...     keras_reg.FGM("Embedding-Token"), start_epoch=2)
+        >>> model.fit(x, y, epochs=5, callbacks=[later])  # FGM from epoch 2
     """
 
     def __new__(cls, *args, **kwargs):
@@ -151,7 +175,7 @@ class RegularizationScope(_ScopeMixin, keras.callbacks.Callback):
         super().set_model(model)
 
 
-def tf_keras_scope(regularizer):
+def tf_keras_scope(regularizer, start_epoch=0):
     """Returns a `RegularizationScope` that is a tf_keras callback.
 
     For a tf_keras model in a process where ``import keras`` is Keras 3 (in a
@@ -159,9 +183,10 @@ def tf_keras_scope(regularizer):
 
     Args:
         regularizer: A `keras_reg.TrainingRegularizer` instance.
+        start_epoch: As `RegularizationScope`.
     """
     instance = object.__new__(_tf_keras_scope_class())
-    instance.__init__(regularizer)
+    instance.__init__(regularizer, start_epoch=start_epoch)
     return instance
 
 

@@ -20,6 +20,11 @@ _UNLABELED = np.random.default_rng(7).integers(0, models.VOCAB, (32, models.LENG
 REGULARIZERS = {
     "fgm": lambda: keras_reg.FGM("emb", epsilon=0.7),
     "fgm-clean": lambda: keras_reg.FGM("emb", epsilon=0.7, add_clean_loss=True),
+    "pgd": lambda: keras_reg.PGD("emb", epsilon=0.7, alpha=0.5, steps=3),
+    "freelb": lambda: keras_reg.FreeLB(
+        "emb", epsilon=0.5, alpha=0.3, steps=2, init_scale=0.1, seed=1
+    ),
+    "free-fgm": lambda: keras_reg.FreeFGM("emb", epsilon=0.7),
     "vat-output": lambda: keras_reg.VAT(
         "emb", epsilon=0.5, xi=1.0, perturb="output", unlabeled=_UNLABELED, seed=1
     ),
@@ -42,7 +47,10 @@ NAMES = sorted(REGULARIZERS)
 PERTURBING = [
     "fgm",
     "fgm-clean",
+    "free-fgm",
+    "freelb",
     "noise",
+    "pgd",
     "vat-matrix",
     "vat-output",
     "sam",

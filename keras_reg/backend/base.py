@@ -55,6 +55,7 @@ class Step(abc.ABC):
         compute_loss,
         metrics=None,
         y_pred=None,
+        states=None,
     ):
         self.model = model
         self.x = x
@@ -65,6 +66,7 @@ class Step(abc.ABC):
         self._recorder = recorder
         self._compute_loss = compute_loss
         self._metrics = metrics or {}
+        self._states = states or {}
 
     def log(self, name, value):
         """Adds ``value`` to the ``fit`` log ``name`` (averaged over the epoch).
@@ -305,6 +307,111 @@ class Step(abc.ABC):
         keeps its non-trainable updates, like the step's own pass; ``y_pred``
         and ``loss`` are differentiable.
         """
+
+    @abc.abstractmethod
+    def loss_gradient_at(self, layer, variable, perturbation):
+        """Returns d (scaled loss) / d variable at ``variable + perturbation``.
+
+        One more training-mode pass, perturbed as in `loss_with_perturbation`,
+        differentiated with respect to ``variable`` only: a constant, sparse
+        where the framework is (as `loss_gradient`). Used by iterative
+        adversaries (PGD) between the clean gradient and the final pass.
+        """
+
+    @abc.abstractmethod
+    def loss_and_gradient(self, function, value):
+        """Returns ``(function(value), d scaled function(value) / d value)``.
+
+        ``function`` builds a training loss with `training_loss` (e.g. with
+        ``value`` added to a layer's output). The loss stays differentiable
+        with respect to the model's weights (the step may return it, or a sum
+        of such losses); the gradient, of the loss times the loss scale, is a
+        constant. One forward and one backward pass (FreeLB's ascent steps).
+        """
+
+    @abc.abstractmethod
+    def gradients_with_perturbation(self, layer, variable, perturbation):
+        """Returns the loss at ``variable + perturbation`` and all its gradients.
+
+        Args:
+            layer: The layer owning ``variable`` (see `loss_with_perturbation`).
+            variable: The perturbed variable (an embedding matrix).
+            perturbation: A constant shaped like ``variable``.
+
+        Returns:
+            ``(loss, gradients)``: the loss's value (a constant) and its
+            gradients (of the unscaled loss, constants) with respect to
+            ``model.trainable_variables`` followed by ``variable`` when it is
+            not trainable; sparse where the framework is. With `linear_loss`
+            the step then trains on these gradients without differentiating
+            the pass again.
+        """
+
+    def linear_loss(self, loss, variables, gradients):
+        """Returns a loss whose value is ``loss`` and whose gradient is ``gradients``.
+
+        ``stop(loss) + (s - stop(s))`` with ``s = sum_i <g_i, v_i>``: the
+        difference is exactly 0 and ``d s / d v_i = g_i`` exactly, so the
+        optimizer applies ``gradients`` (taken by `gradients_with_perturbation`)
+        while the step's own backward pass costs one product per weight.
+
+        Args:
+            loss: The value to report.
+            variables: Variables, each with its gradient in ``gradients``
+                (None: skipped; non-trainable ones are skipped too).
+            gradients: Constant gradients.
+        """
+        ops = keras.ops
+        total = ops.zeros((), "float32")
+        for variable, gradient in zip(variables, gradients):
+            if gradient is None or not variable.trainable:
+                continue
+            total = total + self._inner_product(gradient, variable)
+        loss = ops.stop_gradient(ops.cast(loss, "float32"))
+        return loss + (total - ops.stop_gradient(total))
+
+    def _inner_product(self, gradient, variable):
+        ops = keras.ops
+        value = ops.cast(variable.value, "float32")
+        return ops.sum(ops.stop_gradient(ops.cast(gradient, "float32")) * value)
+
+    def add_perturbations(self, first, second):
+        """Returns ``first + second`` of two results of `scale_to_norm` (or sums)."""
+        return first + second
+
+    def clip_to_norm(self, perturbation, epsilon):
+        """Returns the projection of ``perturbation`` onto ``||r||_F <= epsilon``.
+
+        ``perturbation * min(1, epsilon / ||perturbation||)``, the norm over the
+        whole tensor (a sparse perturbation's rows, each once).
+        """
+        ops = keras.ops
+        norm = ops.sqrt(ops.sum(ops.square(perturbation)))
+        epsilon = ops.cast(epsilon, perturbation.dtype)
+        scale = ops.where(norm > epsilon, ops.divide_no_nan(epsilon, norm), 1.0)
+        return perturbation * ops.cast(scale, perturbation.dtype)
+
+    def iteration(self):
+        """Returns the optimizer's iteration count (0 at the first step), float32."""
+        return keras.ops.cast(self.model.optimizer.iterations, "float32")
+
+    def state(self, name):
+        """Returns the carried state ``name`` (`TrainingRegularizer.carried_state`).
+
+        A variable, zero when the regulariser is installed, that keeps what one
+        training step assigns to it for the next (also on JAX, whose step is a
+        pure function of its state: the variable is part of that state). It is
+        not one of the model's weights: never in ``model.weights``,
+        ``get_weights`` or a weights file.
+        """
+        return self._states[name]
+
+    def lookup_shapes(self, layer):
+        """Returns the shape of each lookup output of ``layer`` in the step's pass.
+
+        ``layer`` must be one of the regulariser's ``watched_outputs``.
+        """
+        raise NotImplementedError
 
     def squared_norm(self, gradient):
         """Returns the float32 sum of squares of ``gradient`` (0 for None).

@@ -27,7 +27,9 @@ from keras_reg._compat import keras
 from keras_reg.backend import base, reads, stateless
 from keras_reg.backend.tracking import (
     attach_metric,
+    attach_state,
     detach_metric,
+    detach_state,
     quiet_loss_metrics,
     report_loss,
 )
@@ -35,7 +37,9 @@ from keras_reg.backend.tracking import (
 __all__ = [
     "Step",
     "attach_metric",
+    "attach_state",
     "detach_metric",
+    "detach_state",
     "quiet_loss_metrics",
     "report_loss",
     "step_scope",
@@ -131,6 +135,68 @@ class Step(stateless.Step):
         _, gradients = self._scaled_value_and_gradients(variables)
         return [jax.lax.stop_gradient(g) for g in gradients]
 
+    def loss_gradient_at(self, layer, variable, perturbation):
+        def scaled_loss(value):
+            loss = self.perturbed_pass(
+                layer, variable, perturbation, values=[(variable, value)], keep=False
+            )
+            return self.scale_loss(loss)
+
+        return jax.lax.stop_gradient(jax.grad(scaled_loss)(variable.value))
+
+    def loss_and_gradient(self, function, value):
+        def scaled_loss(value):
+            loss = function(value)
+            return self.scale_loss(loss), loss
+
+        self._discard_updates = True
+        try:
+            (_, loss), gradient = jax.value_and_grad(scaled_loss, has_aux=True)(
+                jax.lax.stop_gradient(value)
+            )
+        finally:
+            self._discard_updates = False
+        return loss, jax.lax.stop_gradient(gradient)
+
+    def gradients_with_perturbation(self, layer, variable, perturbation):
+        variables = list(self.model.trainable_variables)
+        if all(v is not variable for v in variables):
+            variables.append(variable)
+
+        def scaled_loss(values):
+            loss = self.perturbed_pass(
+                layer,
+                variable,
+                perturbation,
+                values=list(zip(variables, values)),
+                keep=False,
+            )
+            return self.scale_loss(loss), loss
+
+        # Constants for the trainer's own differentiation: the surrogate
+        # (`linear_loss`) is what it differentiates, not this pass.
+        (_, loss), gradients = jax.value_and_grad(scaled_loss, has_aux=True)(
+            jax.lax.stop_gradient([v.value for v in variables])
+        )
+        gradients = [jax.lax.stop_gradient(self._unscaled(g)) for g in gradients]
+        return jax.lax.stop_gradient(loss), gradients
+
+    def iteration(self):
+        iterations = self.model.optimizer.iterations
+        values = dict((id(v), value) for v, value in self._optimizer_values())
+        count = values.get(id(iterations))
+        if count is None:
+            count = iterations.value
+        return keras.ops.cast(count, "float32")
+
+    def _shape_pass(self, layer, record):
+        start = self._start_values()
+        jax.eval_shape(
+            lambda: self.pass_loss(
+                start=start, keep=False, layer=layer, transform=record
+            )
+        )
+
     def penalty_gradients(self, variables):
         scaled, gradients = self._scaled_value_and_gradients(variables)
         self._keep_recomputed_loss(scaled)
@@ -193,9 +259,11 @@ class Step(stateless.Step):
     def input_gradients(self, of):
         start = self._start_values()
         leaves = keras.tree.flatten(self.x)
-        floats = [i for i, t in enumerate(leaves) if jax.numpy.issubdtype(
-            t.dtype, jax.numpy.floating
-        )]
+        floats = [
+            i
+            for i, t in enumerate(leaves)
+            if jax.numpy.issubdtype(t.dtype, jax.numpy.floating)
+        ]
 
         def projected(values):
             replaced = list(leaves)

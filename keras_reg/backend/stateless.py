@@ -150,19 +150,61 @@ class Step(base.Step):
         return ops.where(usable, gradient * scale, ops.zeros_like(gradient))
 
     def loss_with_perturbation(self, layer, variable, perturbation):
+        return self.perturbed_pass(layer, variable, perturbation)
+
+    def perturbed_pass(self, layer, variable, perturbation, values=(), keep=True):
+        """Returns the loss of a pass with ``variable + perturbation``.
+
+        Args:
+            layer: The layer owning ``variable``.
+            variable: The perturbed variable.
+            perturbation: Added to ``variable`` (a constant).
+            values: Other ``(variable, value)`` substitutions; ``variable``'s
+                own, if given, is the value perturbed.
+            keep: Keep the pass's non-trainable updates (see `substituted`).
+        """
         perturbation = ops.stop_gradient(perturbation)
+        values = list(values)
         if self._plain_lookup(layer, variable):
             # E[ids] + delta[ids]: the same numbers, without a second matrix.
             def add_rows(output, ids):
                 rows = ops.take(perturbation, ops.cast(ids, "int32"), axis=0)
                 return output + ops.cast(rows, output.dtype)
 
-            return self.pass_loss(layer=layer, transform=add_rows)
-        perturbed = ops.add(variable.value, ops.cast(perturbation, variable.dtype))
-        return self.pass_loss(values=[(variable, perturbed)])
+            return self.pass_loss(
+                values=values, layer=layer, transform=add_rows, keep=keep
+            )
+        given = [value for v, value in values if v is variable]
+        base_value = given[0] if given else variable.value
+        perturbed = ops.add(base_value, ops.cast(perturbation, variable.dtype))
+        values = [(v, value) for v, value in values if v is not variable]
+        return self.pass_loss(values=values + [(variable, perturbed)], keep=keep)
+
+    # Set while a pass runs inside an inner differentiation (JAX), where its
+    # non-trainable updates cannot be written to the variables.
+    _discard_updates = False
 
     def training_loss(self, x=None, layer=None, transform=None):
-        return self.pass_loss(x=x, layer=layer, transform=transform)
+        return self.pass_loss(
+            x=x, layer=layer, transform=transform, keep=not self._discard_updates
+        )
+
+    def lookup_shapes(self, layer):
+        shapes = []
+
+        def record(output, inputs):
+            if base.is_lookup(output, inputs):
+                shapes.append(tuple(output.shape))
+            return output
+
+        self._shape_pass(layer, record)
+        if not shapes:
+            raise ValueError(base.NO_LOOKUP.format(name=layer.name))
+        return shapes
+
+    def _shape_pass(self, layer, record):
+        """Runs a pass that only ``record`` observes (abstract on JAX)."""
+        self.pass_loss(keep=False, layer=layer, transform=record)
 
     def loss_with_weight_perturbations(self, perturbations, frozen=()):
         values = [

@@ -31,7 +31,9 @@ from keras_reg.backend import base
 from keras_reg.backend.interception import transformed_output
 from keras_reg.backend.tracking import (
     attach_metric,
+    attach_state,
     detach_metric,
+    detach_state,
     quiet_loss_metrics,
     report_loss,
 )
@@ -39,7 +41,9 @@ from keras_reg.backend.tracking import (
 __all__ = [
     "Step",
     "attach_metric",
+    "attach_state",
     "detach_metric",
+    "detach_state",
     "quiet_loss_metrics",
     "report_loss",
     "step_scope",
@@ -69,13 +73,15 @@ class Recorder:
         self.tape = tape
         self.outputs = {id(layer): [] for layer in layers}
         self.inputs = []
+        # Only the step's own forward pass is recorded (the Step stops it).
+        self.capturing = True
 
     def capture(self, layer):
         """Returns a `transformed_output` transform that watches the layer's output."""
         outputs = self.outputs[id(layer)]
 
         def watch(output, inputs):
-            if base.is_lookup(output, inputs):
+            if self.capturing and base.is_lookup(output, inputs):
                 self.tape.watch(output)
                 outputs.append(output)
             return output
@@ -235,12 +241,45 @@ def restored(variables):
             variable.assign(value)
 
 
+def _constant(gradient):
+    """``gradient`` (a tensor, `tf.IndexedSlices` or None) without a gradient."""
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.IndexedSlices(
+            tf.stop_gradient(gradient.values), gradient.indices, gradient.dense_shape
+        )
+    return None if gradient is None else tf.stop_gradient(gradient)
+
+
+def _shape(tensor):
+    """The shape of ``tensor``: static sizes where known, else dynamic ones."""
+    dynamic = tf.shape(tensor)
+    return tuple(
+        dynamic[i] if size is None else size for i, size in enumerate(tensor.shape)
+    )
+
+
+def _dense(perturbation):
+    """A `SparseRows` perturbation cannot meet a dense one: both come from one mode."""
+    if isinstance(perturbation, SparseRows):
+        raise TypeError("Cannot add a sparse and a dense perturbation.")
+    return perturbation
+
+
+def _with(variables, variable):
+    """``variables``, then ``variable`` if it is not one of them (frozen)."""
+    variables = list(variables)
+    if all(v is not variable for v in variables):
+        variables.append(variable)
+    return variables
+
+
 class Step(base.Step):
     """`keras_reg.backend.base.Step` for Keras 3 models on TensorFlow."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._gradients = {}
+        self._recorder.capturing = False
 
     def loss_gradient(self, variable):
         # A tape gives one gradient: keep it for later calls in this step.
@@ -404,6 +443,63 @@ class Step(base.Step):
         with context:
             y_pred = self.model(self.x, training=True)
             return self._perturbed_loss(y_pred, self.x)
+
+    def loss_gradient_at(self, layer, variable, perturbation):
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(raw_variable(variable))
+            scaled = self.scale_loss(
+                self.loss_with_perturbation(layer, variable, perturbation)
+            )
+        return _constant(tape.gradient(scaled, raw_variable(variable)))
+
+    def loss_and_gradient(self, function, value):
+        value = tf.nest.map_structure(tf.stop_gradient, value)
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(value)
+            loss = function(value)
+            scaled = self.scale_loss(loss)
+        gradient = tape.gradient(scaled, value)
+        return loss, tf.nest.map_structure(tf.stop_gradient, gradient)
+
+    def gradients_with_perturbation(self, layer, variable, perturbation):
+        variables = _with(self.model.trainable_variables, variable)
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            for v in variables:
+                tape.watch(raw_variable(v))
+            loss = self.loss_with_perturbation(layer, variable, perturbation)
+            scaled = self.scale_loss(loss)
+        gradients = tape.gradient(scaled, [raw_variable(v) for v in variables])
+        gradients = [_constant(self._unscaled(g)) for g in gradients]
+        return tf.stop_gradient(loss), gradients
+
+    def _inner_product(self, gradient, variable):
+        if isinstance(gradient, tf.IndexedSlices):
+            rows = tf.gather(raw_variable(variable), gradient.indices)
+            values = tf.stop_gradient(tf.cast(gradient.values, tf.float32))
+            return tf.reduce_sum(values * tf.cast(rows, tf.float32))
+        value = tf.cast(raw_variable(variable), tf.float32)
+        return tf.reduce_sum(tf.stop_gradient(tf.cast(gradient, tf.float32)) * value)
+
+    def add_perturbations(self, first, second):
+        if isinstance(first, SparseRows) and isinstance(second, SparseRows):
+            union = tf.IndexedSlices(
+                tf.concat([first.values, second.values], 0),
+                tf.concat([first.rows, second.rows], 0),
+            )
+            return sum_repeated_rows(union)
+        return _dense(first) + _dense(second)
+
+    def clip_to_norm(self, perturbation, epsilon):
+        if isinstance(perturbation, SparseRows):
+            values = super().clip_to_norm(perturbation.values, epsilon)
+            return SparseRows(perturbation.rows, values)
+        return super().clip_to_norm(perturbation, epsilon)
+
+    def lookup_shapes(self, layer):
+        outputs = self._recorder.outputs[id(layer)]
+        if not outputs:
+            raise ValueError(base.NO_LOOKUP.format(name=layer.name))
+        return [_shape(output) for output in outputs]
 
     def _plain_lookup(self, layer, variable):
         """Whether perturbing the layer's output is perturbing E in every use.

@@ -18,7 +18,9 @@ from keras_reg.backend.tensorflow import step_scope
 __all__ = [
     "Step",
     "attach_metric",
+    "attach_state",
     "detach_metric",
+    "detach_state",
     "quiet_loss_metrics",
     "report_loss",
     "step_scope",
@@ -43,6 +45,40 @@ def attach_metric(model, name):
 def detach_metric(model, metric):
     """Removes a metric attached by `attach_metric`."""
     model._metrics[:] = [m for m in model._metrics if m is not metric]
+
+
+def attach_state(model, name, shape):
+    """Attaches a carried state (see `keras_reg.backend.base.Step.state`).
+
+    A tf_keras metric in the model's own metric list (never among its weights)
+    whose reset at every epoch keeps the value; ``carried`` is its variable.
+    """
+    import tf_keras
+
+    class CarriedState(tf_keras.metrics.Metric):
+        def __init__(self):
+            super().__init__(name="state_" + name, dtype="float32")
+            self.carried = self.add_weight(
+                "carried", shape=tuple(shape), initializer="zeros"
+            )
+
+        def update_state(self, value):
+            self.carried.assign(value)
+
+        def reset_state(self):
+            pass
+
+        def result(self):
+            return {}
+
+    state = CarriedState()
+    model._metrics.append(state)
+    return state
+
+
+def detach_state(model, state):
+    """Removes a state attached by `attach_state`."""
+    detach_metric(model, state)
 
 
 def _total_loss_tracker(model):

@@ -23,7 +23,9 @@ from keras_reg.backend import base, stateless
 from keras_reg.backend.interception import transformed_output
 from keras_reg.backend.tracking import (
     attach_metric,
+    attach_state,
     detach_metric,
+    detach_state,
     quiet_loss_metrics,
     report_loss,
 )
@@ -31,7 +33,9 @@ from keras_reg.backend.tracking import (
 __all__ = [
     "Step",
     "attach_metric",
+    "attach_state",
     "detach_metric",
+    "detach_state",
     "quiet_loss_metrics",
     "report_loss",
     "step_scope",
@@ -49,13 +53,15 @@ class Recorder:
     def __init__(self, layers=()):
         self.outputs = {id(layer): [] for layer in layers}
         self.inputs = []
+        # Only the step's own forward pass is recorded (the Step stops it).
+        self.capturing = True
 
     def capture(self, layer):
         """Returns a `transformed_output` transform keeping the layer's output."""
         outputs = self.outputs[id(layer)]
 
         def keep(output, inputs):
-            if base.is_lookup(output, inputs):
+            if self.capturing and base.is_lookup(output, inputs):
                 if not output.requires_grad:  # a frozen embedding
                     output = output.detach().requires_grad_(True)
                 outputs.append(output)
@@ -106,6 +112,10 @@ def step_scope(model, variables, step_args=(), layers=(), inputs=False):
 class Step(stateless.Step):
     """`keras_reg.backend.base.Step` for Keras 3 models on PyTorch."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._recorder.capturing = False
+
     def loss_gradient(self, variable):
         loss = self.scale_loss(self.loss)
         (gradient,) = torch.autograd.grad(
@@ -128,6 +138,48 @@ class Step(stateless.Step):
             torch.zeros_like(t) if g is None else g.detach()
             for t, g in zip(tensors, gradients)
         ]
+
+    def loss_gradient_at(self, layer, variable, perturbation):
+        loss = self.perturbed_pass(layer, variable, perturbation, keep=False)
+        (gradient,) = torch.autograd.grad(
+            self.scale_loss(loss), variable.value, allow_unused=True
+        )
+        if gradient is None:
+            return torch.zeros_like(variable.value)
+        return gradient.detach()
+
+    def loss_and_gradient(self, function, value):
+        value = keras.tree.map_structure(
+            lambda t: t.detach().requires_grad_(True), value
+        )
+        loss = function(value)
+        leaves = keras.tree.flatten(value)
+        gradients = torch.autograd.grad(
+            self.scale_loss(loss), leaves, retain_graph=True, allow_unused=True
+        )
+        gradients = [
+            torch.zeros_like(t) if g is None else g.detach()
+            for t, g in zip(leaves, gradients)
+        ]
+        return loss, keras.tree.pack_sequence_as(value, gradients)
+
+    def gradients_with_perturbation(self, layer, variable, perturbation):
+        variables = list(self.model.trainable_variables)
+        if all(v is not variable for v in variables):
+            variables.append(variable)
+        loss = self.perturbed_pass(layer, variable, perturbation)
+        gradients = torch.autograd.grad(
+            self.scale_loss(loss), [v.value for v in variables], allow_unused=True
+        )
+        factor = self.scale_loss(torch.ones((), device=loss.device))
+        gradients = [None if g is None else (g / factor).detach() for g in gradients]
+        return loss.detach(), gradients
+
+    def lookup_shapes(self, layer):
+        outputs = self._recorder.outputs[id(layer)]
+        if not outputs:
+            raise ValueError(base.NO_LOOKUP.format(name=layer.name))
+        return [tuple(output.shape) for output in outputs]
 
     def penalty_gradients(self, variables):
         return self._differentiable([v.value for v in variables])

@@ -39,6 +39,55 @@ def attach_metric(model, name):
     return metric
 
 
+class CarriedState(keras.metrics.Metric):
+    """A float32 variable kept from one training step to the next.
+
+    Attached to the model as a metric: on JAX the train step then threads its
+    value through its state (metric variables are part of it), on TensorFlow
+    and PyTorch it is an ordinary variable. It is not one of the model's
+    weights (metrics are not). ``fit``'s reset of the metrics at every epoch
+    leaves it alone, and it adds nothing to the logs.
+
+    Attributes:
+        carried: The variable, zero when attached.
+    """
+
+    def __init__(self, name, shape):
+        super().__init__(name=name, dtype="float32")
+        self.carried = self.add_variable(
+            shape=tuple(shape), initializer="zeros", dtype="float32", name=name
+        )
+
+    def update_state(self, value):
+        self.carried.assign(value)
+
+    def reset_state(self):
+        """Keeps the value: the state outlives the epoch."""
+
+    def result(self):
+        return {}
+
+
+def attach_state(model, name, shape):
+    """Attaches a `CarriedState` of ``shape`` to ``model`` and returns it."""
+    state = CarriedState("state_" + name, shape)
+    tracker = getattr(model, "_tracker", None)
+    locked = getattr(tracker, "locked", False)
+    if locked:
+        tracker.unlock()
+    try:
+        setattr(model, _PREFIX + "state_" + name, state)
+    finally:
+        if locked:
+            tracker.lock()
+    return state
+
+
+def detach_state(model, state):
+    """Removes a state attached by `attach_state`."""
+    detach_metric(model, state)
+
+
 def detach_metric(model, metric):
     """Removes a metric attached by `attach_metric` from ``model``."""
     model._tracker.untrack(metric)

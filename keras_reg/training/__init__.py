@@ -1,6 +1,8 @@
 """Regularisers that act inside a training step, and their installer."""
 
 from keras_reg.training.adversarial import FGM, adversarial_training
+from keras_reg.training.free_fgm import FreeFGM
+from keras_reg.training.freelb import FreeLB
 from keras_reg.training.gradient_penalty import (
     GradientPenalty,
     InputGradientPenalty,
@@ -11,6 +13,7 @@ from keras_reg.training.gradient_penalty import (
 )
 from keras_reg.training.multitask import LossBalancing, balance_losses
 from keras_reg.training.noise import NoiseTraining, noise_training
+from keras_reg.training.pgd import PGD
 from keras_reg.training.rdrop import RDrop, r_drop
 from keras_reg.training.regularizer import TrainingRegularizer
 from keras_reg.training.step import install, installed_regularizer, remove
@@ -25,10 +28,13 @@ from keras_reg.training.weight_perturbation import (
 __all__ = [
     "AWP",
     "FGM",
+    "FreeFGM",
+    "FreeLB",
     "GradientPenalty",
     "InputGradientPenalty",
     "LossBalancing",
     "NoiseTraining",
+    "PGD",
     "ParameterGradientPenalty",
     "RDrop",
     "SAM",

@@ -11,10 +11,33 @@ References:
     methods and thoughts). https://kexue.fm/archives/7234
 """
 
+from keras_reg.training import schedule
 from keras_reg.training import step as step_module
 from keras_reg.training.embedding import embedding_matrix, find_embedding_layer
 from keras_reg.training.regularizer import TrainingRegularizer, register
-from keras_reg.validation import boolean, check_options, positive_number
+from keras_reg.validation import boolean, check_options
+
+
+def embedding_name_argument(embedding_name):
+    """Returns ``embedding_name`` after checking it is a non-empty string."""
+    if not isinstance(embedding_name, str) or not embedding_name:
+        raise ValueError(
+            "`embedding_name` must be the name of an embedding layer, received "
+            f"embedding_name={embedding_name!r}."
+        )
+    return embedding_name
+
+
+def check_embedding_and_loss(regularizer, model):
+    """Checks that ``model`` has the embedding layer and a compiled loss."""
+    find_embedding_layer(model, regularizer.embedding_name)
+    if getattr(model, "loss", None) is None:
+        raise ValueError(
+            f"{type(regularizer).__name__} needs the model's training loss, but "
+            f"model {model.name!r} was compiled without one. Compile with a "
+            "loss, e.g. `model.compile(optimizer='adam', "
+            "loss='sparse_categorical_crossentropy')`."
+        )
 
 
 @register
@@ -44,7 +67,8 @@ class FGM(TrainingRegularizer):
         embedding_name: Name of the embedding layer, e.g. ``'Embedding-Token'``
             for bert4keras's BERT.
         epsilon: Norm of the perturbation of the whole matrix. The source post
-            uses 1 for BERT fine-tuning (0.5 in some tasks).
+            uses 1 for BERT fine-tuning (0.5 in some tasks). Or a schedule of
+            the step, e.g. a ramp (see `keras_reg.training.schedule`).
         add_clean_loss: Optimize L(E) + L(E + delta) instead of L(E + delta).
 
     Example:
@@ -54,24 +78,12 @@ class FGM(TrainingRegularizer):
     """
 
     def __init__(self, embedding_name, epsilon=1.0, add_clean_loss=False):
-        if not isinstance(embedding_name, str) or not embedding_name:
-            raise ValueError(
-                "`embedding_name` must be the name of an embedding layer, received "
-                f"embedding_name={embedding_name!r}."
-            )
-        self.embedding_name = embedding_name
-        self.epsilon = positive_number("epsilon", epsilon, example=1.0)
+        self.embedding_name = embedding_name_argument(embedding_name)
+        self.epsilon = schedule.strength("epsilon", epsilon, example=1.0)
         self.add_clean_loss = boolean("add_clean_loss", add_clean_loss)
 
     def validate(self, model):
-        find_embedding_layer(model, self.embedding_name)
-        if getattr(model, "loss", None) is None:
-            raise ValueError(
-                f"FGM needs the model's training loss, but model {model.name!r} "
-                "was compiled without one. Compile with a loss, e.g. "
-                "`model.compile(optimizer='adam', "
-                "loss='sparse_categorical_crossentropy')`."
-            )
+        check_embedding_and_loss(self, model)
 
     def logged_terms(self):
         return ("adversarial_loss",)
@@ -84,7 +96,7 @@ class FGM(TrainingRegularizer):
         matrix = embedding_matrix(layer)
         # Of the scaled loss: the direction is invariant to the loss scale.
         gradient = step.loss_gradient(matrix)
-        delta = step.scale_to_norm(gradient, self.epsilon)
+        delta = step.scale_to_norm(gradient, schedule.current(step, self.epsilon))
         adversarial = step.loss_with_perturbation(layer, matrix, delta)
         step.log("adversarial_loss", adversarial)
         return step.loss + adversarial if self.add_clean_loss else adversarial
@@ -95,14 +107,42 @@ class FGM(TrainingRegularizer):
     def get_config(self):
         return {
             "embedding_name": self.embedding_name,
-            "epsilon": self.epsilon,
+            "epsilon": schedule.serialize(self.epsilon),
             "add_clean_loss": self.add_clean_loss,
         }
 
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("epsilon", "alpha"):
+            if key in config:
+                config[key] = schedule.deserialize(config[key])
+        return cls(**config)
+
+
+_METHODS = ("fgm", "pgd", "freelb", "free_fgm")
+# The options each method takes besides embedding_name and epsilon.
+_OPTIONS = {
+    "fgm": ("add_clean_loss",),
+    "pgd": ("add_clean_loss", "alpha", "steps"),
+    "freelb": ("alpha", "steps", "init_scale", "seed"),
+    "free_fgm": (),
+}
+
 
 @check_options
-def adversarial_training(model, embedding_name, epsilon=1.0, add_clean_loss=False):
-    """Trains a compiled model with FGM adversarial perturbations of an embedding.
+def adversarial_training(
+    model,
+    embedding_name,
+    epsilon=1.0,
+    add_clean_loss=None,
+    method="fgm",
+    alpha=None,
+    steps=None,
+    init_scale=None,
+    seed=None,
+):
+    """Trains a compiled model with adversarial perturbations of an embedding.
 
     One line after ``compile``; ``fit`` then works as usual (progress bar,
     metrics, callbacks). Calling it again replaces the previous regulariser;
@@ -112,20 +152,68 @@ def adversarial_training(model, embedding_name, epsilon=1.0, add_clean_loss=Fals
         model: A compiled Keras 3 (TensorFlow, JAX or PyTorch backend) or
             tf_keras model.
         embedding_name: Name of the embedding layer to perturb.
-        epsilon: Norm of the perturbation of the whole embedding matrix.
-        add_clean_loss: Also keep the clean loss's gradient (see `FGM`).
+        epsilon: Norm of the perturbation (see each method), or a schedule.
+        add_clean_loss: Also keep the clean loss's gradient (FGM, PGD; None:
+            the method's default, False for FGM and True for PGD).
+        method: ``'fgm'`` (`FGM`), ``'pgd'`` (`keras_reg.PGD`), ``'freelb'``
+            (`keras_reg.FreeLB`) or ``'free_fgm'`` (`keras_reg.FreeFGM`).
+        alpha: Ascent step norm (PGD, FreeLB; None: the method's default).
+        steps: Ascent steps (PGD, FreeLB; None: the method's default).
+        init_scale: Scale of FreeLB's random start (None: 0).
+        seed: Seed of FreeLB's random start.
 
     Returns:
         ``model``.
 
     Raises:
         ValueError: The model is not compiled, no layer has that name, the
-            layer has no embedding matrix, or ``epsilon`` is not positive.
+            layer has no embedding matrix, ``epsilon`` is not positive, the
+            method is unknown, or an option does not belong to the method.
 
     Example:
         >>> model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
         >>> keras_reg.adversarial_training(model, "Embedding-Token", epsilon=1.0)
+        >>> keras_reg.adversarial_training(model, "Embedding-Token", method="pgd")
         >>> model.fit(x, y, epochs=3)
     """
-    regularizer = FGM(embedding_name, epsilon=epsilon, add_clean_loss=add_clean_loss)
-    return step_module.install(model, regularizer)
+    if method not in _METHODS:
+        raise ValueError(
+            f"`method` must be one of {', '.join(map(repr, _METHODS))}; received "
+            f"method={method!r}."
+        )
+    given = {
+        "add_clean_loss": add_clean_loss,
+        "alpha": alpha,
+        "steps": steps,
+        "init_scale": init_scale,
+        "seed": seed,
+    }
+    options = {k: v for k, v in given.items() if v is not None}
+    for name in options:
+        if name not in _OPTIONS[method]:
+            takes = ", ".join(_OPTIONS[method]) or "no other option"
+            raise ValueError(
+                f"adversarial_training(method={method!r}) does not take "
+                f"`{name}` (received {name}={options[name]!r}); it takes "
+                f"embedding_name, epsilon and {takes}."
+            )
+    return step_module.install(
+        model, _regularizer(method, embedding_name, epsilon, options)
+    )
+
+
+def _regularizer(method, embedding_name, epsilon, options):
+    if method == "fgm":
+        return FGM(embedding_name, epsilon=epsilon, **options)
+    # Imported here: those modules build on this one.
+    if method == "pgd":
+        from keras_reg.training.pgd import PGD
+
+        return PGD(embedding_name, epsilon=epsilon, **options)
+    if method == "freelb":
+        from keras_reg.training.freelb import FreeLB
+
+        return FreeLB(embedding_name, epsilon=epsilon, **options)
+    from keras_reg.training.free_fgm import FreeFGM
+
+    return FreeFGM(embedding_name, epsilon=epsilon)

@@ -35,6 +35,16 @@ class TrainingRegularizer(abc.ABC):
         """
         return ()
 
+    def carried_state(self, model):
+        """Returns ``{name: shape}`` of the float32 state kept between steps.
+
+        Each becomes a zero variable when the regulariser is installed, read
+        and assigned in the step with ``step.state(name)``; it is not saved with
+        the model's weights (FreeFGM's previous gradient).
+        """
+        del model
+        return {}
+
     def watched_variables(self, model):
         """Returns the variables whose clean-loss gradient the step must record."""
         del model

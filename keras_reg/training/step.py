@@ -54,6 +54,10 @@ class _Installation:
             name: self.backend.attach_metric(model, name)
             for name in regularizer.logged_terms()
         }
+        self.states = {
+            name: self.backend.attach_state(model, name, shape)
+            for name, shape in regularizer.carried_state(model).items()
+        }
         # Per thread: under tf.distribute.MirroredStrategy each replica traces
         # its step in a thread of its own, on this one installation.
         self._local = threading.local()
@@ -84,6 +88,8 @@ class _Installation:
         """Removes the logged-term metrics from the model."""
         for metric in self.metrics.values():
             self.backend.detach_metric(self.model, metric)
+        for state in self.states.values():
+            self.backend.detach_state(self.model, state)
 
     def train_step(self, *args, **kwargs):
         variables = self.regularizer.watched_variables(self.model)
@@ -138,6 +144,7 @@ class _Installation:
             loss=loss,
             compute_loss=self.plain_compute_loss,
             metrics=self.metrics,
+            states={name: state.carried for name, state in self.states.items()},
         )
         total = self.regularizer.regularized_loss(step)
         self.backend.report_loss(self.model, total, x)

@@ -1,0 +1,100 @@
+"""FreeFGM: FGM at about the cost of a plain step, from the previous gradient.
+
+References:
+    Shafahi, Najibi, Ghiasi, Xu, Dickerson, Studer, Davis, Taylor, Goldstein.
+    Adversarial Training for Free! NeurIPS 2019. https://arxiv.org/abs/1904.12843
+
+    Miyato, Dai, Goodfellow. Adversarial Training Methods for Semi-Supervised
+    Text Classification. ICLR 2017. https://arxiv.org/abs/1605.07725
+"""
+
+from keras_reg._compat import keras
+from keras_reg.training import schedule
+from keras_reg.training.adversarial import FGM
+from keras_reg.training.embedding import embedding_matrix, find_embedding_layer
+from keras_reg.training.regularizer import register
+
+ops = keras.ops
+
+_STATE = "free_fgm_delta"
+
+
+@register
+class FreeFGM(FGM):
+    """FGM whose direction is the previous step's gradient ("for free").
+
+    With E the embedding matrix, step t runs one training pass, at E + delta_t,
+    and one backward pass; the gradient of that pass both updates every weight
+    and gives the next step's direction:
+
+        delta_1 = 0
+        g_t = dL_t/dE at E_t + delta_t    (the gradient the optimizer applies)
+        delta_{t+1} = epsilon * g_t / ||g_t||_F     (0 if ||g_t|| is 0 or not finite)
+
+    As in free adversarial training (Shafahi et al. 2019), the ascent step
+    costs nothing: it reuses the backward pass that trains the weights. Unlike
+    the paper, the batch is not replayed: the direction comes from the
+    previous batch, so it perturbs the rows of the tokens the two batches
+    share (on a character or sub-word vocabulary, most of them).
+
+    delta is kept in a non-trainable ``vocabulary x dim`` variable (on JAX,
+    part of the train step's state), zero when the regulariser is installed
+    and never one of the model's weights. The step's own (clean) forward pass
+    still runs, for the metrics; the loss reported and optimized is
+    L_t(E_t + delta_t). The gradients are taken once, of that pass, and
+    handed to the optimizer through `keras_reg.backend.base.Step.linear_loss`,
+    so the step's own backward pass costs one product per weight.
+
+    The replay form of the paper (each batch repeated m times within one
+    ``fit`` step) is not offered: it needs m optimizer updates per step, which
+    the one-loss-per-step installer does not make; ``fit`` on a repeated
+    dataset replays batches across steps instead.
+
+    Args:
+        embedding_name: Name of the embedding layer, e.g. ``'Embedding-Token'``.
+        epsilon: Norm of the perturbation of the whole matrix, or a schedule
+            of the step (see `keras_reg.training.schedule`).
+
+    Example:
+        >>> keras_reg.adversarial_training(
+        ...     model, "Embedding-Token", epsilon=1.0, method="free_fgm")
+    """
+
+    def __init__(self, embedding_name, epsilon=1.0):
+        super().__init__(embedding_name, epsilon=epsilon)
+
+    def carried_state(self, model):
+        return {_STATE: tuple(self._matrix(model).shape)}
+
+    def watched_variables(self, model):
+        return [self._matrix(model)]
+
+    def regularized_loss(self, step):
+        layer = find_embedding_layer(step.model, self.embedding_name)
+        matrix = embedding_matrix(layer)
+        state = step.state(_STATE)
+        delta = ops.stop_gradient(ops.convert_to_tensor(state))
+        loss, gradients = step.gradients_with_perturbation(layer, matrix, delta)
+        variables = list(step.model.trainable_variables)
+        index = next(
+            (i for i, v in enumerate(variables) if v is matrix), len(variables)
+        )
+        epsilon = schedule.current(step, self.epsilon)
+        direction = step.scale_to_norm(gradients[index], epsilon)
+        state.assign(_densified(direction, tuple(matrix.shape)))
+        step.log("adversarial_loss", loss)
+        return step.linear_loss(loss, variables, gradients[: len(variables)])
+
+    def get_config(self):
+        return {
+            "embedding_name": self.embedding_name,
+            "epsilon": schedule.serialize(self.epsilon),
+        }
+
+
+def _densified(direction, shape):
+    """A dense ``shape`` matrix from `scale_to_norm`'s result (sparse rows on TF)."""
+    rows = getattr(direction, "rows", None)
+    if rows is None:
+        return direction
+    return ops.scatter(ops.expand_dims(rows, -1), direction.values, shape)
