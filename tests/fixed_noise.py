@@ -1,4 +1,8 @@
-"""Replaces VAT's d ~ N(0, I) by `vat_reference.fixed_direction`, inside the graph."""
+"""Fixed stand-ins for random draws inside the graph (XLA draws other numbers).
+
+VAT's d ~ N(0, I) becomes `vat_reference.fixed_direction`'s pattern; uniform
+draws (FreeLB's random start) a fixed pattern in [minval, maxval].
+"""
 
 from keras_reg._compat import keras
 
@@ -23,6 +27,12 @@ def _normal(shape, *args, **kwargs):
     return ops.reshape(flat, shape)
 
 
+def _uniform(shape, minval=0.0, maxval=1.0, *args, **kwargs):
+    flat = 0.5 + 0.5 * ops.sin(ops.cast(ops.arange(_size(shape)), "float32") * 2.3 + 0.1)
+    return ops.reshape(minval + (maxval - minval) * flat, shape)
+
+
 def install(monkeypatch):
-    """Patches ``keras.random.normal`` for the duration of one test."""
+    """Patches ``keras.random.normal`` and ``uniform`` for the duration of one test."""
     monkeypatch.setattr(keras.random, "normal", _normal)
+    monkeypatch.setattr(keras.random, "uniform", _uniform)

@@ -450,7 +450,8 @@ class Step(base.Step):
             scaled = self.scale_loss(
                 self.loss_with_perturbation(layer, variable, perturbation)
             )
-        return _constant(tape.gradient(scaled, raw_variable(variable)))
+        # The replicas' shares summed: the global batch's gradient.
+        return _constant(self.global_sum(tape.gradient(scaled, raw_variable(variable))))
 
     def loss_and_gradient(self, function, value):
         value = tf.nest.map_structure(tf.stop_gradient, value)

@@ -80,7 +80,10 @@ class FreeFGM(FGM):
             (i for i, v in enumerate(variables) if v is matrix), len(variables)
         )
         epsilon = schedule.current(step, self.epsilon)
-        direction = step.scale_to_norm(gradients[index], epsilon)
+        # The next direction comes from the global batch's embedding gradient
+        # (the same on every replica); the weights' gradients stay each
+        # replica's share, which the framework sums.
+        direction = step.scale_to_norm(step.global_sum(gradients[index]), epsilon)
         state.assign(_densified(direction, tuple(matrix.shape)))
         step.log("adversarial_loss", loss)
         return step.linear_loss(loss, variables, gradients[: len(variables)])

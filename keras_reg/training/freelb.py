@@ -119,8 +119,13 @@ class FreeLB(TrainingRegularizer):
         return total / self.steps
 
     def _random_start(self, shape, step):
-        start = keras.random.uniform(
-            shape, minval=-1.0, maxval=1.0, seed=step.seed(self.generator)
+        seed = step.seed(self.generator)
+        # Each replica keeps its rows of one global draw: one device's start.
+        start = step.draw_per_example(
+            lambda global_shape: keras.random.uniform(
+                global_shape, minval=-1.0, maxval=1.0, seed=seed
+            ),
+            shape,
         )
         size = 1
         for n in shape[1:]:

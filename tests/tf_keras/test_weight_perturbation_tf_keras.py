@@ -124,5 +124,8 @@ def test_rdrop_without_dropout_is_the_plain_step_and_with_dropout_differs():
     model = _bag_of_embeddings(dropout=0.5)
     keras_reg.r_drop(model)
     history = model.fit(x, y, batch_size=6, epochs=2, verbose=0).history
-    assert all(kl > 1e-4 for kl in history["rdrop_kl"])
+    # The symmetric KL is exactly 0 when both passes draw the same mask; with
+    # two masks it is small here (~1e-4: a near-uniform untrained model) but
+    # never 0, so any positive value tells the masks apart.
+    assert all(kl > 1e-8 for kl in history["rdrop_kl"]), history["rdrop_kl"]
     assert history["rdrop_kl"][0] != history["rdrop_kl"][1]
