@@ -218,12 +218,24 @@ def test_two_replicas_train_like_one_device(name, replica_results):
     _assert_replicas_agree(replica_results, name)
 
 
-# Across processes, one case per mechanism of the Step API (the all-reduced
-# loss gradient, the gathered sparse penalty gradient, the gathered VAT slots
-# and the global per-example norm, flooding's global loss): the regularisers
-# share them, and MirroredStrategy above checks every regulariser with the
-# same replica-context calls. Two workers cost about a minute of CPU each.
-MULTIWORKER_CASES = ["plain", "fgm", "gp-row", "vat-matrix", "vat-output", "flooding"]
+# Across processes: FGM, VAT and every gradient penalty (the list), and
+# flooding. They exercise each mechanism of the Step API (the all-reduced loss
+# gradient, the gathered sparse penalty gradient, the all-reduced weight
+# gradients, the gathered VAT slots and the global per-example norm,
+# flooding's global loss); the other regularisers make the same replica-context
+# calls and are checked by MirroredStrategy above. Two workers cost about a
+# minute of CPU each.
+MULTIWORKER_CASES = [
+    "plain",
+    "fgm",
+    "gp-occurrence",
+    "gp-row",
+    "parameter-gp",
+    "noise-integrated",
+    "vat-matrix",
+    "vat-output",
+    "flooding",
+]
 
 
 @pytest.mark.backends("tensorflow")
