@@ -28,7 +28,8 @@ def _normal(shape, *args, **kwargs):
 
 
 def _uniform(shape, minval=0.0, maxval=1.0, *args, **kwargs):
-    flat = 0.5 + 0.5 * ops.sin(ops.cast(ops.arange(_size(shape)), "float32") * 2.3 + 0.1)
+    index = ops.cast(ops.arange(_size(shape)), "float32")
+    flat = 0.5 + 0.5 * ops.sin(index * 2.3 + 0.1)
     return ops.reshape(minval + (maxval - minval) * flat, shape)
 
 
