@@ -24,8 +24,8 @@ test split (mean +- std), seconds per epoch (median over epochs), and, from
 ``results/sentiment_regularizers.md``.
 
 Usage:
-    python examples/sentiment_regularizers.py           # ~15 min on 2 CPU cores
-    python examples/sentiment_regularizers.py --quick   # smoke test (~1 min)
+    python examples/sentiment_regularizers.py           # ~5 min on 2 idle cores
+    python examples/sentiment_regularizers.py --quick   # smoke test (~20 s)
     python examples/sentiment_regularizers.py --no-grid # the chosen strengths
 """
 
@@ -49,7 +49,8 @@ from keras_reg._compat import keras  # noqa: E402
 EMBEDDING = "Embedding-Token"
 FGM_EPSILON = 0.3
 # Strengths tried on seed 0 (validation accuracy); the chosen ones, used with
-# --no-grid and --quick, are those our full run picked (see the notes).
+# --no-grid and --quick, are those our full run picked
+# (notes/issue10_results.md).
 GRIDS = {
     "gradient penalty": ("epsilon", (0.1, 1.0, 10.0, 100.0)),
     "noise": ("stddev", (0.01, 0.03, 0.1, 0.3)),
