@@ -37,7 +37,6 @@ Usage:
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -48,7 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 import keras_reg  # noqa: E402
-from benchmarks import bert_shaped  # noqa: E402
+from benchmarks import bert_shaped, timing  # noqa: E402
 from benchmarks.timing import summary  # noqa: E402
 from keras_reg._compat import keras  # noqa: E402
 
@@ -175,9 +174,7 @@ def main():
     args = parser.parse_args()
     steps, rounds = (2, 2) if args.quick else (6, 12)
     backend = keras.backend.backend()
-    modes = {"tensorflow": (False, True), "jax": (True,), "torch": (False,)}[backend]
-    if backend == "tensorflow" and args.modes in ("graph", "jit"):
-        modes = (args.modes == "jit",)
+    modes = timing.modes(backend, args.modes)
     names = ["plain"] + (args.variants or [n for n in VARIANTS if n != "plain"])
     report = {
         "machine": f"{os.cpu_count()} CPU cores",
@@ -188,11 +185,9 @@ def main():
         "targets": TARGETS,
         "timing": [time_steps(jit, steps, rounds, names) for jit in modes],
     }
-    print(json.dumps(report, indent=2))
-    output = args.output or f"results/benchmark_gradient_penalty_{backend}.json"
-    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
-    with open(output, "w") as f:
-        json.dump(report, f, indent=2)
+    timing.write_report(
+        report, args.output or f"results/benchmark_gradient_penalty_{backend}.json"
+    )
 
 
 if __name__ == "__main__":

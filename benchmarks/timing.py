@@ -1,5 +1,7 @@
 """Side-by-side step timing: variants interleaved in rounds, medians compared."""
 
+import json
+import os
 import time
 
 import numpy as np
@@ -43,3 +45,22 @@ def summary(times, mode):
             result[f"{name}_ratio"] = medians[name] / medians["plain"]
             result[f"{name}_min_ratio"] = fastest[name] / fastest["plain"]
     return result
+
+
+def modes(backend, choice=None):
+    """Returns the ``jit_compile`` values to time on ``backend``.
+
+    TensorFlow: graph mode and XLA (``choice`` "graph" or "jit" picks one);
+    JAX: jit; PyTorch: eager.
+    """
+    if backend == "tensorflow" and choice in ("graph", "jit"):
+        return (choice == "jit",)
+    return {"tensorflow": (False, True), "jax": (True,), "torch": (False,)}[backend]
+
+
+def write_report(report, output):
+    """Prints ``report`` as JSON and writes it to ``output`` (folders made)."""
+    print(json.dumps(report, indent=2))
+    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
+    with open(output, "w") as f:
+        json.dump(report, f, indent=2)

@@ -31,7 +31,6 @@ Usage:
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -40,7 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras_reg  # noqa: E402
-from benchmarks import bert_shaped  # noqa: E402
+from benchmarks import bert_shaped, timing  # noqa: E402
 from benchmarks.gradient_penalty_step import (  # noqa: E402
     flops_ratios,
     interleaved_times,
@@ -119,9 +118,7 @@ def main():
     args = parser.parse_args()
     steps, rounds = (2, 2) if args.quick else (5, 10)
     backend = keras.backend.backend()
-    modes = {"tensorflow": (False, True), "jax": (True,), "torch": (False,)}[backend]
-    if backend == "tensorflow" and args.modes in ("graph", "jit"):
-        modes = (args.modes == "jit",)
+    modes = timing.modes(backend, args.modes)
     names = ["plain"] + (args.variants or [n for n in VARIANTS if n != "plain"])
     report = {
         "machine": f"{os.cpu_count()} CPU cores",
@@ -132,11 +129,9 @@ def main():
         "targets": TARGETS,
         "timing": [time_steps(jit, steps, rounds, names) for jit in modes],
     }
-    print(json.dumps(report, indent=2))
-    output = args.output or f"results/benchmark_weight_perturbation_{backend}.json"
-    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
-    with open(output, "w") as f:
-        json.dump(report, f, indent=2)
+    timing.write_report(
+        report, args.output or f"results/benchmark_weight_perturbation_{backend}.json"
+    )
 
 
 if __name__ == "__main__":
