@@ -82,6 +82,27 @@ class Step(abc.ABC):
             )
         self._metrics[name].update_state(self._constant(value))
 
+    def clean_loss(self):
+        """Returns the clean loss to optimize: `loss`, or an equal recomputed one.
+
+        A regulariser that optimizes the clean loss together with another term
+        (``add_clean_loss``) takes it from here, not from `loss`. On JAX, once
+        a primitive has recomputed the clean pass to differentiate it, this is
+        that pass's loss: the trainer's own pass then feeds nothing that is
+        differentiated, and XLA can drop it (see `clean_output`).
+        """
+        return self.loss
+
+    def clean_output(self):
+        """Returns the model's output from a recomputed clean pass, or None.
+
+        The same values as `y_pred` (same inputs, weights, dropout mask). The
+        installer hands it to the trainer's metrics in place of the trainer's
+        own ``y_pred`` (JAX), so that the trainer's forward pass, feeding
+        nothing else, is removed by XLA instead of run twice.
+        """
+        return None
+
     def loss_plus(self, term):
         """Returns ``loss + term / replicas``, the term cast to the loss's dtype.
 

@@ -88,6 +88,7 @@ class Step(stateless.Step):
         super().__init__(*args, **kwargs)
         self._draws = 0
         self._recomputed_loss = None
+        self._recomputed_output = None
 
     def loss_plus(self, term):
         """Returns ``loss + term``, the loss from the recomputed pass if there is one.
@@ -103,6 +104,14 @@ class Step(stateless.Step):
             return super().loss_plus(term)
         return self._recomputed_loss + keras.ops.cast(term, self._recomputed_loss.dtype)
 
+    def clean_loss(self):
+        if self._recomputed_loss is None:
+            return self.loss
+        return self._recomputed_loss
+
+    def clean_output(self):
+        return self._recomputed_output
+
     def _start_values(self):
         """The non-trainable values before the trainer's pass (same dropout mask)."""
         if self._recorder.state is None:
@@ -115,24 +124,29 @@ class Step(stateless.Step):
         counts = reads.ReadCounts()
 
         def clean_loss(value):
-            loss = self.pass_loss(
+            y_pred, loss = self.pass_loss(
                 values=[(variable, value)],
                 start=start,
                 keep=False,
                 around=reads.recorded_reads(variable, counts=counts),
+                output="both",
             )
-            return self.scale_loss(loss)
+            return self.scale_loss(loss), y_pred
 
-        gradient = jax.grad(clean_loss)(variable.value)
+        (scaled, y_pred), gradient = jax.value_and_grad(clean_loss, has_aux=True)(
+            variable.value
+        )
         if counts.total == 0:
             raise ValueError(
                 f"The training loss does not depend on variable {variable.name!r}: "
                 "is the layer used by the model's forward pass?"
             )
+        self._keep_clean_pass(scaled, y_pred)
         return jax.lax.stop_gradient(like_variable(gradient, variable))
 
     def weight_gradients(self, variables):
-        _, gradients = self._scaled_value_and_gradients(variables)
+        scaled, gradients = self._scaled_value_and_gradients(variables)
+        self._keep_clean_pass(scaled)
         return [jax.lax.stop_gradient(g) for g in gradients]
 
     def loss_gradient_at(self, layer, variable, perturbation):
@@ -199,20 +213,30 @@ class Step(stateless.Step):
 
     def penalty_gradients(self, variables):
         scaled, gradients = self._scaled_value_and_gradients(variables)
-        self._keep_recomputed_loss(scaled)
+        self._keep_clean_pass(scaled)
         return [self._unscaled(g) for g in gradients]
 
     def _scaled_value_and_gradients(self, variables):
-        """The clean pass recomputed (same mask): scaled loss, d it / d v."""
+        """The clean pass recomputed (same mask): scaled loss, d it / d v.
+
+        Its output is kept for `clean_output`.
+        """
         start = self._start_values()
 
         def scaled_loss(values):
-            loss = self.pass_loss(
-                values=list(zip(variables, values)), start=start, keep=False
+            y_pred, loss = self.pass_loss(
+                values=list(zip(variables, values)),
+                start=start,
+                keep=False,
+                output="both",
             )
-            return self.scale_loss(loss)
+            return self.scale_loss(loss), y_pred
 
-        return jax.value_and_grad(scaled_loss)([v.value for v in variables])
+        (scaled, y_pred), gradients = jax.value_and_grad(scaled_loss, has_aux=True)(
+            [v.value for v in variables]
+        )
+        self._keep_clean_pass(None, y_pred)
+        return scaled, gradients
 
     def output_gradients(self, layer, of=None):
         start = self._start_values()
@@ -253,7 +277,7 @@ class Step(stateless.Step):
         if of is not None:
             return jax.grad(scaled_loss)(zeros)
         scaled, gradients = jax.value_and_grad(scaled_loss)(zeros)
-        self._keep_recomputed_loss(scaled)
+        self._keep_clean_pass(scaled)
         return [self._unscaled(g) for g in gradients]
 
     def input_gradients(self, of):
@@ -274,8 +298,18 @@ class Step(stateless.Step):
 
         return jax.grad(projected)([leaves[i] for i in floats])
 
-    def _keep_recomputed_loss(self, scaled):
-        """Keeps the recomputed clean pass's loss, for `loss_plus`."""
+    def _keep_clean_pass(self, scaled, y_pred=None):
+        """Keeps a recomputed clean pass's loss and output (the first one's).
+
+        Args:
+            scaled: Its scaled loss, differentiable by the trainer (for
+                `loss_plus` and `clean_loss`), or None.
+            y_pred: Its output, or None (for `clean_output`: a constant).
+        """
+        if y_pred is not None and self._recomputed_output is None:
+            self._recomputed_output = jax.lax.stop_gradient(y_pred)
+        if scaled is None or self._recomputed_loss is not None:
+            return
         if self.loss is None or scaled.shape != keras.ops.shape(self.loss):
             return
         self._recomputed_loss = self._unscaled(scaled).astype(self.loss.dtype)

@@ -99,7 +99,7 @@ class FGM(TrainingRegularizer):
         delta = step.scale_to_norm(gradient, schedule.current(step, self.epsilon))
         adversarial = step.loss_with_perturbation(layer, matrix, delta)
         step.log("adversarial_loss", adversarial)
-        return step.loss + adversarial if self.add_clean_loss else adversarial
+        return step.clean_loss() + adversarial if self.add_clean_loss else adversarial
 
     def _matrix(self, model):
         return embedding_matrix(find_embedding_layer(model, self.embedding_name))

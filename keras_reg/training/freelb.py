@@ -97,11 +97,11 @@ class FreeLB(TrainingRegularizer):
         for t in range(self.steps):
             last = t == self.steps - 1
             if t == 0 and not self.init_scale:
-                loss = step.loss
                 if not last:
                     gradients = [
                         ops.stop_gradient(g) for g in step.output_gradients(layer)
                     ]
+                loss = step.clean_loss()
             elif last:
                 loss = step.training_loss(layer=layer, transform=_adder(deltas))
             else:

@@ -82,7 +82,7 @@ class PGD(FGM):
             delta = step.clip_to_norm(step.add_perturbations(delta, ascent), epsilon)
         adversarial = step.loss_with_perturbation(layer, matrix, delta)
         step.log("adversarial_loss", adversarial)
-        return step.loss + adversarial if self.add_clean_loss else adversarial
+        return step.clean_loss() + adversarial if self.add_clean_loss else adversarial
 
     def get_config(self):
         config = super().get_config()

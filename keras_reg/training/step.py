@@ -34,6 +34,8 @@ from keras_reg._compat import keras
 from keras_reg.training.regularizer import TrainingRegularizer
 
 _ATTRIBUTES = ("train_step", "compute_loss", "get_metrics_result")
+# Keras's JAX trainer: returns the forward pass's output with the loss.
+_FORWARD = "compute_loss_and_updates"
 
 
 class _Installation:
@@ -43,10 +45,12 @@ class _Installation:
         self.model = model
         self.regularizer = regularizer
         self.backend = backend.for_model(model)
-        self.saved = {name: model.__dict__.get(name) for name in _ATTRIBUTES}
+        self.saved = {name: model.__dict__.get(name) for name in self.attributes()}
         self.plain_train_step = self._plain("train_step")
         self.plain_compute_loss = self._plain("compute_loss")
         self.plain_get_metrics_result = self._plain("get_metrics_result")
+        if _FORWARD in self.saved:
+            self.plain_compute_loss_and_updates = self._plain(_FORWARD)
         self.loss_parameters = list(
             inspect.signature(self.plain_compute_loss).parameters
         )
@@ -67,6 +71,11 @@ class _Installation:
         lambda self, value: setattr(self._local, "recorder", value),
         doc="The step scope's recorder until compute_loss takes it (per thread).",
     )
+    step = property(
+        lambda self: getattr(self._local, "step", None),
+        lambda self, value: setattr(self._local, "step", value),
+        doc="The regulariser's Step of the training step in progress (per thread).",
+    )
     data = property(
         lambda self: getattr(self._local, "data", None),
         lambda self, value: setattr(self._local, "data", value),
@@ -77,6 +86,12 @@ class _Installation:
         lambda self, value: setattr(self._local, "training", value),
         doc="Whether a training step is in progress (per thread).",
     )
+
+    def attributes(self):
+        """The model's methods this installation overrides."""
+        if hasattr(type(self.model), _FORWARD):
+            return _ATTRIBUTES + (_FORWARD,)
+        return _ATTRIBUTES
 
     def _plain(self, name):
         """Returns the model's own method: an instance override, else its class's."""
@@ -111,8 +126,28 @@ class _Installation:
                 return logs
             finally:
                 self.recorder = None
+                self.step = None
                 self.data = None
                 self.training = False
+
+    def compute_loss_and_updates(self, *args, **kwargs):
+        """Keras's JAX forward pass and loss, with the metrics' output swapped.
+
+        Where the regulariser recomputed the clean pass (same inputs, weights
+        and dropout mask) to differentiate it, its output replaces the
+        trainer's ``y_pred`` for the metrics: the trainer's forward pass then
+        feeds nothing and XLA removes it, where it would otherwise run twice
+        whenever XLA fails to merge the two passes (measured: any model with
+        LayerNormalization, see benchmarks/xla_cost.py).
+        """
+        self.step = None
+        loss, aux = self.plain_compute_loss_and_updates(*args, **kwargs)
+        step, self.step = self.step, None
+        output = step.clean_output() if step is not None else None
+        if output is None or not isinstance(aux, tuple) or len(aux) != 4:
+            return loss, aux
+        unscaled_loss, _, non_trainable, metrics = aux
+        return loss, (unscaled_loss, output, non_trainable, metrics)
 
     def get_metrics_result(self):
         # The logged terms belong to training: evaluate() does not report them.
@@ -147,6 +182,7 @@ class _Installation:
             states={name: state.carried for name, state in self.states.items()},
         )
         total = self.regularizer.regularized_loss(step)
+        self.step = step
         self.backend.report_loss(self.model, total, x)
         return total
 
@@ -280,7 +316,7 @@ def install(model, regularizer):
         )
         remove(model)
     installation = _Installation(model, regularizer)
-    for name in _ATTRIBUTES:
+    for name in installation.attributes():
         setattr(model, name, getattr(installation, name))
     _reset_train_function(model)
     return model

@@ -121,7 +121,7 @@ class _WeightPerturbation(TrainingRegularizer):
         perturbed = step.loss_with_weight_perturbations(
             list(zip(variables, deltas)), frozen=frozen
         )
-        step.log("sharpness", _float32(perturbed) - _float32(step.loss))
+        step.log("sharpness", _float32(perturbed) - _float32(step.clean_loss()))
         return perturbed
 
     def perturbations(self, variables, values, gradients):
