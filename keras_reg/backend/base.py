@@ -351,6 +351,27 @@ class Step(abc.ABC):
         """
 
     @abc.abstractmethod
+    def clean_gradients(self, variables):
+        """Returns the clean loss and its gradients, for `linear_loss`.
+
+        The gradients of the step's own clean pass (TensorFlow, PyTorch: read
+        off the trainer's pass; JAX: the pass recomputed with the same dropout
+        mask), all taken in one backward pass. With `linear_loss` the step
+        then trains on them without differentiating the clean pass again:
+        ``L(E) + L(E + delta)`` costs one backward pass through each.
+
+        Args:
+            variables: Variables the regulariser declared as watched.
+
+        Returns:
+            ``(loss, gradients)``: the clean loss (a constant) and its
+            gradients (of the unscaled loss, constants; None where the loss
+            does not use a variable), this replica's share as the framework
+            would sum it (take `global_sum` for a direction); sparse where the
+            framework is.
+        """
+
+    @abc.abstractmethod
     def gradients_with_perturbation(self, layer, variable, perturbation):
         """Returns the loss at ``variable + perturbation`` and all its gradients.
 

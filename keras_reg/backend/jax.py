@@ -172,6 +172,13 @@ class Step(stateless.Step):
             self._discard_updates = False
         return loss, jax.lax.stop_gradient(gradient)
 
+    def clean_gradients(self, variables):
+        scaled, gradients = self._scaled_value_and_gradients(variables)
+        self._keep_clean_pass(scaled)
+        loss = self._unscaled(scaled).astype(self.loss.dtype)
+        gradients = [jax.lax.stop_gradient(self._unscaled(g)) for g in gradients]
+        return jax.lax.stop_gradient(loss), gradients
+
     def gradients_with_perturbation(self, layer, variable, perturbation):
         variables = list(self.model.trainable_variables)
         if all(v is not variable for v in variables):

@@ -279,14 +279,18 @@ class Step(base.Step):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._gradients = {}
+        # id(variable) -> d(scaled loss)/d it, as `clean_gradients` took it.
+        self._taken = {}
         self._recorder.capturing = False
 
     def loss_gradient(self, variable):
         # A tape gives one gradient: keep it for later calls in this step.
         key = id(variable)
         if key not in self._gradients:
-            loss = self.scale_loss(self.loss)
-            gradient = self._recorder.tape.gradient(loss, raw_variable(variable))
+            gradient = self._taken.get(key)
+            if gradient is None:
+                loss = self.scale_loss(self.loss)
+                gradient = self._recorder.tape.gradient(loss, raw_variable(variable))
             if gradient is None:
                 raise ValueError(
                     "The training loss does not depend on variable "
@@ -472,6 +476,18 @@ class Step(base.Step):
         gradients = tape.gradient(scaled, [raw_variable(v) for v in variables])
         gradients = [_constant(self._unscaled(g)) for g in gradients]
         return tf.stop_gradient(loss), gradients
+
+    def clean_gradients(self, variables):
+        scaled = self.scale_loss(self.loss)
+        gradients = self._recorder.tape.gradient(
+            scaled, [raw_variable(v) for v in variables]
+        )
+        # The tape is spent: later `loss_gradient` calls read these.
+        self._taken.update(
+            (id(v), g) for v, g in zip(variables, gradients) if g is not None
+        )
+        gradients = [_constant(self._unscaled(g)) for g in gradients]
+        return tf.stop_gradient(self.loss), gradients
 
     def _inner_product(self, gradient, variable):
         if isinstance(gradient, tf.IndexedSlices):

@@ -163,6 +163,15 @@ class Step(stateless.Step):
         ]
         return loss, keras.tree.pack_sequence_as(value, gradients)
 
+    def clean_gradients(self, variables):
+        tensors = [v.value for v in variables]
+        gradients = torch.autograd.grad(
+            self.scale_loss(self.loss), tensors, retain_graph=True, allow_unused=True
+        )
+        factor = self.scale_loss(torch.ones((), device=self.loss.device))
+        gradients = [None if g is None else (g / factor).detach() for g in gradients]
+        return self.loss.detach(), gradients
+
     def gradients_with_perturbation(self, layer, variable, perturbation):
         variables = list(self.model.trainable_variables)
         if all(v is not variable for v in variables):

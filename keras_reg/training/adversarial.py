@@ -11,11 +11,14 @@ References:
     methods and thoughts). https://kexue.fm/archives/7234
 """
 
+from keras_reg._compat import keras
 from keras_reg.training import schedule
 from keras_reg.training import step as step_module
 from keras_reg.training.embedding import embedding_matrix, find_embedding_layer
 from keras_reg.training.regularizer import TrainingRegularizer, register
 from keras_reg.validation import boolean, check_options
+
+ops = keras.ops
 
 
 def embedding_name_argument(embedding_name):
@@ -38,6 +41,40 @@ def check_embedding_and_loss(regularizer, model):
             "loss, e.g. `model.compile(optimizer='adam', "
             "loss='sparse_categorical_crossentropy')`."
         )
+
+
+def clean_term_variables(model, matrix):
+    """The variables the clean term is differentiated with respect to."""
+    variables = list(model.trainable_variables)
+    if all(v is not matrix for v in variables):
+        variables.append(matrix)
+    return variables
+
+
+def clean_gradient(step, matrix, add_clean_loss):
+    """Returns the clean gradient dL/dE (global) and the clean term, or None.
+
+    With ``add_clean_loss`` every clean gradient is taken in one backward
+    pass (`Step.clean_gradients`) and the clean term is `Step.linear_loss` of
+    them: the step's own backward pass then does not go through the clean pass
+    again (before: the pass to E for the direction, then the trainer's full
+    backward pass of the clean loss). Otherwise only dL/dE is taken (of the
+    scaled loss: the direction is invariant to the loss scale).
+    """
+    if not add_clean_loss:
+        return step.loss_gradient(matrix), None
+    variables = clean_term_variables(step.model, matrix)
+    loss, gradients = step.clean_gradients(variables)
+    index = next(i for i, v in enumerate(variables) if v is matrix)
+    direction = step.global_sum(gradients[index])
+    return direction, step.linear_loss(loss, variables, gradients)
+
+
+def with_clean_term(clean, adversarial):
+    """``clean + adversarial`` (in the adversarial loss's dtype), or ``adversarial``."""
+    if clean is None:
+        return adversarial
+    return ops.cast(clean, adversarial.dtype) + adversarial
 
 
 @register
@@ -89,17 +126,19 @@ class FGM(TrainingRegularizer):
         return ("adversarial_loss",)
 
     def watched_variables(self, model):
-        return [self._matrix(model)]
+        matrix = self._matrix(model)
+        if not self.add_clean_loss:
+            return [matrix]
+        return clean_term_variables(model, matrix)
 
     def regularized_loss(self, step):
         layer = find_embedding_layer(step.model, self.embedding_name)
         matrix = embedding_matrix(layer)
-        # Of the scaled loss: the direction is invariant to the loss scale.
-        gradient = step.loss_gradient(matrix)
+        gradient, clean = clean_gradient(step, matrix, self.add_clean_loss)
         delta = step.scale_to_norm(gradient, schedule.current(step, self.epsilon))
         adversarial = step.loss_with_perturbation(layer, matrix, delta)
         step.log("adversarial_loss", adversarial)
-        return step.clean_loss() + adversarial if self.add_clean_loss else adversarial
+        return with_clean_term(clean, adversarial)
 
     def _matrix(self, model):
         return embedding_matrix(find_embedding_layer(model, self.embedding_name))

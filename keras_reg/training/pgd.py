@@ -10,7 +10,7 @@ References:
 
 from keras_reg._compat import keras
 from keras_reg.training import schedule
-from keras_reg.training.adversarial import FGM
+from keras_reg.training.adversarial import FGM, clean_gradient, with_clean_term
 from keras_reg.training.embedding import embedding_matrix, find_embedding_layer
 from keras_reg.training.regularizer import register
 from keras_reg.validation import boolean, integer_argument
@@ -68,7 +68,7 @@ class PGD(FGM):
         matrix = embedding_matrix(layer)
         epsilon = schedule.current(step, self.epsilon)
         alpha = schedule.current(step, self.alpha)
-        gradient = step.loss_gradient(matrix)
+        gradient, clean = clean_gradient(step, matrix, self.add_clean_loss)
         # r_1 = P(alpha g / ||g||) = min(alpha, epsilon) g / ||g||.
         first = (
             min(alpha, epsilon)
@@ -82,7 +82,7 @@ class PGD(FGM):
             delta = step.clip_to_norm(step.add_perturbations(delta, ascent), epsilon)
         adversarial = step.loss_with_perturbation(layer, matrix, delta)
         step.log("adversarial_loss", adversarial)
-        return step.clean_loss() + adversarial if self.add_clean_loss else adversarial
+        return with_clean_term(clean, adversarial)
 
     def get_config(self):
         config = super().get_config()
