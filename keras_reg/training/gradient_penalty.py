@@ -169,10 +169,9 @@ class ParameterGradientPenalty(TrainingRegularizer):
 
     def regularized_loss(self, step):
         variables = self.watched_variables(step.model)
-        gradients = step.penalty_gradients(variables)
-        penalty = self.weight * sum(step.squared_norm(g) for g in gradients)
+        loss, penalty = step.loss_plus_gradient_norm(variables, self.weight)
         step.log("gradient_penalty", penalty)
-        return step.loss_plus(penalty)
+        return loss
 
     def get_config(self):
         return {"weight": self.weight, "layers": self.layers}
