@@ -5,28 +5,27 @@ layers, batch 32 x 64), Adam, ``train_on_batch``; one model per variant, all
 in one process. After two warm-up steps each, every round times ``steps``
 steps of each variant in turn, so drifts of the machine hit all of them
 alike. Reported per variant: the median over rounds of the mean step time,
-the fastest round, and both as ratios to the plain step.
+the fastest round, and both as ratios to the plain step (`timing.summary`);
+on JAX also XLA's FLOP count over the plain step's. Writes
+results/benchmark_adversaries_<backend>.json.
 
 Usage:
     python benchmarks/adversaries_step.py                 # TF graph and XLA
-    KERAS_BACKEND=jax python benchmarks/adversaries_step.py   # JAX jit
+    KERAS_BACKEND=jax python benchmarks/adversaries_step.py   # JAX jit (+ XLA FLOPs)
+    KERAS_BACKEND=torch python benchmarks/adversaries_step.py # PyTorch eager
     python benchmarks/adversaries_step.py --quick         # smoke run
 """
 
 import argparse
-import json
 import os
 import sys
-import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-
 import keras_reg  # noqa: E402
-from benchmarks import bert_shaped  # noqa: E402
+from benchmarks import bert_shaped, timing  # noqa: E402
 from keras_reg._compat import keras  # noqa: E402
 
 VARIANTS = {
@@ -55,47 +54,41 @@ def time_mode(jit_compile, steps, rounds):
     """Returns the timings of every variant in one mode (graph or jit)."""
     x, y = bert_shaped.batch()
     runs = {name: _step(options, jit_compile) for name, options in VARIANTS.items()}
-    for run in runs.values():
-        run(x, y)
-        run(x, y)
-    times = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            for _ in range(steps):
-                run(x, y)
-            times[name].append((time.perf_counter() - start) / steps)
-    median = {name: float(np.median(t)) for name, t in times.items()}
-    fastest = {name: float(np.min(t)) for name, t in times.items()}
+    times = timing.interleaved_times(runs, x, y, steps, rounds)
     backend = keras.backend.backend()
-    return {
-        "mode": f"{backend} {'jit/XLA' if jit_compile else 'graph/eager'}",
-        "median_ms": {n: round(1e3 * t, 1) for n, t in median.items()},
-        "median_ratio": {n: round(t / median["plain"], 2) for n, t in median.items()},
-        "fastest_ms": {n: round(1e3 * t, 1) for n, t in fastest.items()},
-        "fastest_ratio": {
-            n: round(t / fastest["plain"], 2) for n, t in fastest.items()
-        },
-    }
+    result = timing.summary(
+        times, f"{backend} {'jit/XLA' if jit_compile else 'graph/eager'}"
+    )
+    if backend == "jax":
+        result.update(timing.flops_ratios(runs, x, y))
+    return result
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--modes", nargs="+", choices=("graph", "jit"), default=None)
+    parser.add_argument(
+        "--modes",
+        choices=("graph", "jit", "both"),
+        default=None,
+        help="TensorFlow only: graph mode, XLA, or both (the default).",
+    )
+    parser.add_argument("--output", default=None)
     args = parser.parse_args()
     steps, rounds = (1, 2) if args.quick else (5, 7)
-    modes = args.modes or (
-        ["graph"] if keras.backend.backend() == "torch" else ["graph", "jit"]
-    )
+    backend = keras.backend.backend()
     report = {
-        "backend": keras.backend.backend(),
+        "backend": backend,
         "cpu_count": os.cpu_count(),
         "load_average_at_start": os.getloadavg(),
-        "timing": [time_mode(mode == "jit", steps, rounds) for mode in modes],
+        "timing": [
+            time_mode(jit, steps, rounds) for jit in timing.modes(backend, args.modes)
+        ],
         "load_average_at_end": os.getloadavg(),
     }
-    print(json.dumps(report, indent=2))
+    timing.write_report(
+        report, args.output or f"results/benchmark_adversaries_{backend}.json"
+    )
 
 
 if __name__ == "__main__":

@@ -186,7 +186,7 @@ def main():
     steps, rounds = (2, 2) if args.quick else (10, 5)
     vocab, mem_steps = (50_000, 8) if args.quick else (500_000, 25)
     backend = keras.backend.backend()
-    modes = {"tensorflow": (False, True), "jax": (True,), "torch": (False,)}[backend]
+    modes = timing.modes(backend)
     report = {
         "machine": f"{os.cpu_count()} CPU cores",
         "backend": backend,
@@ -195,10 +195,7 @@ def main():
     }
     if backend == "tensorflow" and not args.skip_memory:
         report["memory"] = [memory(jit, vocab, mem_steps) for jit in modes]
-    print(json.dumps(report, indent=2))
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(report, f, indent=2)
+    timing.write_report(report, args.output)
 
 
 if __name__ == "__main__":

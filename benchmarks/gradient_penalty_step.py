@@ -39,7 +39,6 @@ Usage:
 import argparse
 import os
 import sys
-import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -110,48 +109,13 @@ def time_steps(jit_compile, steps, rounds, names):
             if name in PENALTIES:
                 variants[name] = _math_attention(variants[name])
         variants["plain_math_sdpa"] = _math_attention(_model(False).train_on_batch)
-    times = interleaved_times(variants, x, y, steps, rounds)
+    times = timing.interleaved_times(variants, x, y, steps, rounds)
     backend = keras.backend.backend()
     mode = "jit/XLA" if jit_compile else "graph/eager"
     result = summary(times, f"{backend} {mode}")
     if backend == "jax":
-        result.update(flops_ratios(variants, x, y))
+        result.update(timing.flops_ratios(variants, x, y))
     return result
-
-
-def flops_ratios(variants, x, y):
-    """JAX: each variant's XLA FLOP count over the plain step's (no load noise)."""
-    from benchmarks import xla_cost
-
-    flops = {
-        name: xla_cost.train_step_cost(run.__self__, x, y)["flops"]
-        for name, run in variants.items()
-    }
-    return {
-        f"{name}_flops_ratio": flops[name] / flops["plain"]
-        for name in flops
-        if name != "plain"
-    }
-
-
-def interleaved_times(variants, x, y, steps, rounds):
-    """Seconds per step of each round, variants interleaved as in timing.py.
-
-    Kept per round (not only the median of `timing.interleaved_medians`): on a
-    shared machine, load from other jobs only ever adds time, so the fastest
-    round is reported beside the median.
-    """
-    for run in variants.values():
-        run(x, y)
-        run(x, y)
-    times = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, run in variants.items():
-            start = time.perf_counter()
-            for _ in range(steps):
-                run(x, y)
-            times[name].append((time.perf_counter() - start) / steps)
-    return times
 
 
 def main():

@@ -106,16 +106,14 @@ def main():
         "keras": keras.__version__,
         "timing": [],
     }
-    modes = {"tensorflow": (False, True), "jax": (True,), "torch": (False,)}[backend]
+    modes = timing.modes(backend)
     for jit in modes:
         variants = {name: _model(name, jit).train_on_batch for name in VARIANTS}
         row = {"mode": f"{backend} {'jit/XLA' if jit else 'graph/eager'}"}
         row.update(paired_ratios(variants, x, y, steps, rounds))
         report["timing"].append(row)
         print(json.dumps(row, indent=2), flush=True)
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(report, f, indent=2)
+    timing.write_report(report, args.output, echo=False)
 
 
 if __name__ == "__main__":

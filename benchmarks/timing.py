@@ -8,11 +8,33 @@ import numpy as np
 
 
 def interleaved_medians(variants, x, y, steps, rounds):
-    """Returns {name: median seconds per step} of ``train_on_batch``-like callables.
+    """Returns {name: median seconds per step} (see `interleaved_times`)."""
+    times = interleaved_times(variants, x, y, steps, rounds)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def flops_ratios(variants, x, y):
+    """JAX: each variant's XLA FLOP count over the plain step's (no load noise)."""
+    from benchmarks import xla_cost
+
+    flops = {
+        name: xla_cost.train_step_cost(run.__self__, x, y)["flops"]
+        for name, run in variants.items()
+    }
+    return {
+        f"{name}_flops_ratio": flops[name] / flops["plain"]
+        for name in flops
+        if name != "plain"
+    }
+
+
+def interleaved_times(variants, x, y, steps, rounds):
+    """Returns {name: [seconds per step of each round]} of ``train_on_batch``-likes.
 
     Each variant runs twice first (tracing, compilation); then every round runs
     ``steps`` steps of each variant in turn, so drifts of the machine hit all
-    variants alike.
+    variants alike. Kept per round: on a shared machine load only ever adds
+    time, so the fastest round is worth reporting beside the median.
     """
     for run in variants.values():
         run(x, y)
@@ -24,7 +46,7 @@ def interleaved_medians(variants, x, y, steps, rounds):
             for _ in range(steps):
                 run(x, y)
             times[name].append((time.perf_counter() - start) / steps)
-    return {name: float(np.median(t)) for name, t in times.items()}
+    return times
 
 
 def summary(times, mode):
@@ -58,9 +80,17 @@ def modes(backend, choice=None):
     return {"tensorflow": (False, True), "jax": (True,), "torch": (False,)}[backend]
 
 
-def write_report(report, output):
-    """Prints ``report`` as JSON and writes it to ``output`` (folders made)."""
-    print(json.dumps(report, indent=2))
+def write_report(report, output, echo=True):
+    """Writes ``report`` as JSON to ``output`` (folders made), printing it if ``echo``.
+
+    Args:
+        report: A JSON-serialisable dict.
+        output: The file to write.
+        echo: Also print the report (False where its rows were printed as
+            they were measured).
+    """
+    if echo:
+        print(json.dumps(report, indent=2))
     os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
     with open(output, "w") as f:
         json.dump(report, f, indent=2)

@@ -65,7 +65,7 @@ def main():
         "keras": keras.__version__,
         "timing": [],
     }
-    modes = {"tensorflow": (False, True), "jax": (True,), "torch": (False,)}[backend]
+    modes = timing.modes(backend)
     for jit in modes:
         variants = {
             "plain": _model(jit).train_on_batch,
@@ -82,9 +82,7 @@ def main():
             }
         )
         print(json.dumps(report["timing"][-1]), flush=True)
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(report, f, indent=2)
+    timing.write_report(report, args.output, echo=False)
 
 
 if __name__ == "__main__":

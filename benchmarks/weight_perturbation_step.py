@@ -40,11 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras_reg  # noqa: E402
 from benchmarks import bert_shaped, timing  # noqa: E402
-from benchmarks.gradient_penalty_step import (  # noqa: E402
-    flops_ratios,
-    interleaved_times,
-)
-from benchmarks.timing import summary  # noqa: E402
+from benchmarks.timing import flops_ratios, interleaved_times, summary  # noqa: E402
 from keras_reg._compat import keras  # noqa: E402
 
 VARIANTS = {
