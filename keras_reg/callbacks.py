@@ -5,8 +5,8 @@ import weakref
 
 from keras_reg._compat import keras
 from keras_reg.backend import eager_gradients
-from keras_reg.training import step
-from keras_reg.training.embedding import find_embedding_layer
+from keras_reg.training.core import installer as step
+from keras_reg.training.core.embedding import find_embedding_layer
 from keras_reg.validation import integer_argument
 
 # Model -> the RegularizationScope whose fit is running on it.
@@ -136,7 +136,7 @@ class RegularizationScope(_ScopeMixin, keras.callbacks.Callback):
     ``fit`` counts them, ``initial_epoch`` included) train plainly and the
     regulariser is installed when epoch N begins (its logged terms appear
     from then on). To ramp a strength up over steps instead, give the
-    regulariser a schedule (see `keras_reg.training.schedule`).
+    regulariser a schedule (see `keras_reg.training.core.schedule`).
 
     Args:
         regularizer: A `keras_reg.TrainingRegularizer` instance, e.g.

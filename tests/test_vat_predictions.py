@@ -8,7 +8,7 @@ import pytest
 
 import keras_reg
 from keras_reg._compat import keras
-from keras_reg.training import divergence
+from keras_reg.training.core import divergence
 from tests import fixed_noise
 
 pytestmark = pytest.mark.backends("tensorflow", "jax", "torch")

@@ -1,9 +1,21 @@
-"""Regularisers that act inside a training step, and their installer."""
+"""Regularisers that act inside a training step, and their installer.
 
-from keras_reg.training.adversarial import FGM, adversarial_training
-from keras_reg.training.free_fgm import FreeFGM
-from keras_reg.training.freelb import FreeLB
-from keras_reg.training.gradient_penalty import (
+The package is organised by family: ``core`` (the protocol, the installer,
+schedules, perturbation sites), ``adversarial`` (FGM, PGD, FreeLB, FreeFGM,
+VAT), ``penalties`` (gradient, parameter and input penalties; noise),
+``weight_space`` (SAM/ASAM, AWP, R-Drop) and ``multitask`` (loss balancing).
+"""
+
+from keras_reg.training.adversarial.adversarial_training import adversarial_training
+from keras_reg.training.adversarial.fgm import FGM
+from keras_reg.training.adversarial.free_fgm import FreeFGM
+from keras_reg.training.adversarial.freelb import FreeLB
+from keras_reg.training.adversarial.pgd import PGD
+from keras_reg.training.adversarial.vat import VAT, virtual_adversarial_training
+from keras_reg.training.core.installer import install, installed_regularizer, remove
+from keras_reg.training.core.regularizer import TrainingRegularizer
+from keras_reg.training.multitask.balancing import LossBalancing, balance_losses
+from keras_reg.training.penalties.gradient_penalty import (
     GradientPenalty,
     InputGradientPenalty,
     ParameterGradientPenalty,
@@ -11,14 +23,9 @@ from keras_reg.training.gradient_penalty import (
     input_gradient_penalty,
     parameter_gradient_penalty,
 )
-from keras_reg.training.multitask import LossBalancing, balance_losses
-from keras_reg.training.noise import NoiseTraining, noise_training
-from keras_reg.training.pgd import PGD
-from keras_reg.training.rdrop import RDrop, r_drop
-from keras_reg.training.regularizer import TrainingRegularizer
-from keras_reg.training.step import install, installed_regularizer, remove
-from keras_reg.training.virtual_adversarial import VAT, virtual_adversarial_training
-from keras_reg.training.weight_perturbation import (
+from keras_reg.training.penalties.noise import NoiseTraining, noise_training
+from keras_reg.training.weight_space.rdrop import RDrop, r_drop
+from keras_reg.training.weight_space.weight_perturbation import (
     AWP,
     SAM,
     awp,

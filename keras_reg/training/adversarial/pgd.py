@@ -9,10 +9,11 @@ References:
 """
 
 from keras_reg._compat import keras
-from keras_reg.training import schedule
-from keras_reg.training.adversarial import FGM, clean_gradient, with_clean_term
-from keras_reg.training.embedding import embedding_matrix, find_embedding_layer
-from keras_reg.training.regularizer import register
+from keras_reg.training.adversarial.common import clean_gradient, with_clean_term
+from keras_reg.training.adversarial.fgm import FGM
+from keras_reg.training.core import schedule
+from keras_reg.training.core.embedding import embedding_matrix, find_embedding_layer
+from keras_reg.training.core.regularizer import register
 from keras_reg.validation import boolean, integer_argument
 
 ops = keras.ops
@@ -44,7 +45,7 @@ class PGD(FGM):
     Args:
         embedding_name: Name of the embedding layer, e.g. ``'Embedding-Token'``.
         epsilon: Radius of the ball (norm of the whole matrix's perturbation),
-            or a schedule of the step (see `keras_reg.training.schedule`).
+            or a schedule of the step (see `keras_reg.training.core.schedule`).
         alpha: Norm of each ascent step.
         steps: Number of ascent steps (>= 1).
         add_clean_loss: Optimize L(E) + L(E + r) instead of L(E + r).

@@ -31,7 +31,7 @@ import warnings
 
 from keras_reg import backend
 from keras_reg._compat import keras
-from keras_reg.training.regularizer import TrainingRegularizer
+from keras_reg.training.core.regularizer import TrainingRegularizer
 
 _ATTRIBUTES = ("train_step", "compute_loss", "get_metrics_result")
 # Keras's JAX trainer: returns the forward pass's output with the loss.

@@ -1,13 +1,13 @@
 """Per-task gradients at a shared layer's output, and the min-norm combination.
 
-The gradient methods of `keras_reg.training.multitask`: Su Jianlin's part 2
+The gradient methods of `keras_reg.training.multitask.balancing`: Su Jianlin's part 2
 (https://kexue.fm/archives/8896) bounds the gradient with respect to the
 shared weights by the one with respect to the shared representation h, which
 costs one forward and backward pass per task.
 """
 
 from keras_reg._compat import keras
-from keras_reg.training import task_losses
+from keras_reg.backend import task_losses
 
 ops = keras.ops
 

@@ -16,16 +16,24 @@ import warnings
 
 from keras_reg import backend
 from keras_reg._compat import keras
-from keras_reg.training import step as step_module
-from keras_reg.training.divergence import KINDS, entropy, kl_divergence, output_kind
-from keras_reg.training.embedding import embedding_matrix, find_embedding_layer
-from keras_reg.training.perturbation_sites import (
+from keras_reg.training.adversarial.unlabeled import (
+    UnlabeledSampler,
+    check_against_model,
+)
+from keras_reg.training.core import installer
+from keras_reg.training.core.divergence import (
+    KINDS,
+    entropy,
+    kl_divergence,
+    output_kind,
+)
+from keras_reg.training.core.embedding import embedding_matrix, find_embedding_layer
+from keras_reg.training.core.perturbation_sites import (
     input_error,
     is_integer_dtype,
     site_for,
 )
-from keras_reg.training.regularizer import TrainingRegularizer, register
-from keras_reg.training.unlabeled import UnlabeledSampler, check_against_model
+from keras_reg.training.core.regularizer import TrainingRegularizer, register
 from keras_reg.validation import (
     check_options,
     choice,
@@ -372,4 +380,4 @@ def virtual_adversarial_training(
         entropy_weight=entropy_weight,
         predictions=predictions,
     )
-    return step_module.install(model, regularizer)
+    return installer.install(model, regularizer)

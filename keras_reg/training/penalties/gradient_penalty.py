@@ -15,10 +15,9 @@ References:
 """
 
 from keras_reg._compat import keras
-from keras_reg.training import projection
-from keras_reg.training import step as step_module
-from keras_reg.training.embedding import embedding_matrix, find_embedding_layer
-from keras_reg.training.regularizer import TrainingRegularizer, register
+from keras_reg.training.core import installer, projection
+from keras_reg.training.core.embedding import embedding_matrix, find_embedding_layer
+from keras_reg.training.core.regularizer import TrainingRegularizer, register
 from keras_reg.validation import (
     check_options,
     choice,
@@ -187,7 +186,7 @@ class InputGradientPenalty(TrainingRegularizer):
     here at the data points). f is the model's output; for several outputs per
     example the squared norm is that of the Jacobian (Frobenius), estimated
     without bias from one random +-1 projection of the outputs per step
-    (`keras_reg.training.projection`); ``target`` needs one output per example.
+    (`keras_reg.training.core.projection`); ``target`` needs one output per example.
     The gradient is taken in the step's own forward pass and differentiated
     through (double backprop). Inputs must be float; for token ids use
     `GradientPenalty` on the embedding.
@@ -285,7 +284,7 @@ def input_gradient_penalty(model, weight, target=None, seed=None):
         >>> keras_reg.input_gradient_penalty(model, weight=0.1)
     """
     regularizer = InputGradientPenalty(weight, target=target, seed=seed)
-    return step_module.install(model, regularizer)
+    return installer.install(model, regularizer)
 
 
 @check_options
@@ -301,7 +300,7 @@ def gradient_penalty(model, embedding_name, epsilon=1.0, per="occurrence"):
         >>> keras_reg.gradient_penalty(model, "Embedding-Token", epsilon=1.0)
     """
     regularizer = GradientPenalty(embedding_name, epsilon=epsilon, per=per)
-    return step_module.install(model, regularizer)
+    return installer.install(model, regularizer)
 
 
 @check_options
@@ -317,4 +316,4 @@ def parameter_gradient_penalty(model, weight, layers=None):
         >>> keras_reg.parameter_gradient_penalty(model, weight=0.01)
     """
     regularizer = ParameterGradientPenalty(weight, layers=layers)
-    return step_module.install(model, regularizer)
+    return installer.install(model, regularizer)

@@ -13,7 +13,7 @@ class TrainingRegularizer(abc.ABC):
     loss to differentiate. They are configured by plain arguments and round-trip
     through `get_config` / `from_config`, like Keras regularisers.
 
-    Install one with `keras_reg.training.step.install` (or the public helpers such
+    Install one with `keras_reg.install_regularizer` (or the public helpers such
     as `keras_reg.adversarial_training`); remove it with
     `keras_reg.remove_regularization`.
     """

@@ -11,7 +11,7 @@ themselves stay quiet), so the task losses are Keras's own, computed exactly as
 masks, dtypes.
 
 This is framework knowledge and belongs with the backends; it lives here, next
-to its only user (`keras_reg.training.multitask`), until ``backend/`` has a
+to its only user (`keras_reg.training.multitask.balancing`), until ``backend/`` has a
 place for it. It reads private attributes of both frameworks (named above):
 they are the only place the per-output losses exist.
 """

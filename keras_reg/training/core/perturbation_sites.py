@@ -12,7 +12,7 @@ output on its own; the matrix site gives a token the same row in every call.
 """
 
 from keras_reg._compat import keras
-from keras_reg.training.embedding import embedding_layer_names, embedding_matrix
+from keras_reg.training.core.embedding import embedding_layer_names, embedding_matrix
 
 ops = keras.ops
 

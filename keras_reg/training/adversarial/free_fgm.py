@@ -9,10 +9,10 @@ References:
 """
 
 from keras_reg._compat import keras
-from keras_reg.training import schedule
-from keras_reg.training.adversarial import FGM
-from keras_reg.training.embedding import embedding_matrix, find_embedding_layer
-from keras_reg.training.regularizer import register
+from keras_reg.training.adversarial.fgm import FGM
+from keras_reg.training.core import schedule
+from keras_reg.training.core.embedding import embedding_matrix, find_embedding_layer
+from keras_reg.training.core.regularizer import register
 
 ops = keras.ops
 
@@ -53,7 +53,7 @@ class FreeFGM(FGM):
     Args:
         embedding_name: Name of the embedding layer, e.g. ``'Embedding-Token'``.
         epsilon: Norm of the perturbation of the whole matrix, or a schedule
-            of the step (see `keras_reg.training.schedule`).
+            of the step (see `keras_reg.training.core.schedule`).
 
     Example:
         >>> keras_reg.adversarial_training(

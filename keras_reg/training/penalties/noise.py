@@ -17,7 +17,7 @@ derivatives of f is dropped). For Keras's losses:
   tr(J^T H J) = (2 / K) sum_k ||grad_x f_k||^2.
 
 Either sum needs one gradient per output; one random +-1 projection of the
-outputs (`keras_reg.training.projection`) estimates it without bias from one
+outputs (`keras_reg.training.core.projection`) estimates it without bias from one
 extra gradient per step. Per example, averaged over the batch like Keras's
 losses (sample weights included).
 
@@ -31,11 +31,10 @@ References:
 """
 
 from keras_reg._compat import keras
-from keras_reg.training import projection
-from keras_reg.training import step as step_module
-from keras_reg.training.divergence import loss_family, loss_name
-from keras_reg.training.embedding import find_embedding_layer
-from keras_reg.training.regularizer import TrainingRegularizer, register
+from keras_reg.training.core import installer, projection
+from keras_reg.training.core.divergence import loss_family, loss_name
+from keras_reg.training.core.embedding import find_embedding_layer
+from keras_reg.training.core.regularizer import TrainingRegularizer, register
 from keras_reg.validation import boolean, check_options, positive_number
 
 ops = keras.ops
@@ -214,4 +213,4 @@ def noise_training(model, embedding_name=None, stddev=0.1, integrated=False, see
     regularizer = NoiseTraining(
         embedding_name, stddev=stddev, integrated=integrated, seed=seed
     )
-    return step_module.install(model, regularizer)
+    return installer.install(model, regularizer)

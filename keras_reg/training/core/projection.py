@@ -9,7 +9,7 @@ input-gradient penalties need -- at the cost of one extra backward pass.
 """
 
 from keras_reg._compat import keras
-from keras_reg.training.divergence import log_probabilities
+from keras_reg.training.core.divergence import log_probabilities
 
 ops = keras.ops
 

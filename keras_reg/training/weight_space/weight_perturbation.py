@@ -22,8 +22,8 @@ References:
 """
 
 from keras_reg._compat import keras
-from keras_reg.training import step as step_module
-from keras_reg.training.regularizer import TrainingRegularizer, register
+from keras_reg.training.core import installer
+from keras_reg.training.core.regularizer import TrainingRegularizer, register
 from keras_reg.validation import (
     boolean,
     check_options,
@@ -341,7 +341,7 @@ def sharpness_aware_minimization(
     regularizer = SAM(
         rho=rho, adaptive=adaptive, eta=eta, update_batch_norm=update_batch_norm
     )
-    return step_module.install(model, regularizer)
+    return installer.install(model, regularizer)
 
 
 @check_options
@@ -358,4 +358,4 @@ def awp(model, gamma=5e-3, layers=None, update_batch_norm=False):
         >>> keras_reg.awp(model, gamma=5e-3)
     """
     regularizer = AWP(gamma=gamma, layers=layers, update_batch_norm=update_batch_norm)
-    return step_module.install(model, regularizer)
+    return installer.install(model, regularizer)

@@ -12,10 +12,10 @@ References:
 """
 
 from keras_reg._compat import keras
-from keras_reg.training import step as step_module
-from keras_reg.training import task_losses
-from keras_reg.training.regularizer import TrainingRegularizer, register
-from keras_reg.training.task_gradients import (
+from keras_reg.backend import task_losses
+from keras_reg.training.core import installer
+from keras_reg.training.core.regularizer import TrainingRegularizer, register
+from keras_reg.training.multitask.task_gradients import (
     inverse,
     min_norm_weights,
     representation_gradients,
@@ -429,4 +429,4 @@ def balance_losses(
         sample_weight=sample_weight,
         batch_size=batch_size,
     )
-    return step_module.install(model, regularizer)
+    return installer.install(model, regularizer)

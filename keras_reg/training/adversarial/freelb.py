@@ -7,13 +7,13 @@ References:
 """
 
 from keras_reg._compat import keras
-from keras_reg.training import schedule
-from keras_reg.training.adversarial import (
+from keras_reg.training.adversarial.common import (
     check_embedding_and_loss,
     embedding_name_argument,
 )
-from keras_reg.training.embedding import find_embedding_layer
-from keras_reg.training.regularizer import TrainingRegularizer, register
+from keras_reg.training.core import schedule
+from keras_reg.training.core.embedding import find_embedding_layer
+from keras_reg.training.core.regularizer import TrainingRegularizer, register
 from keras_reg.validation import integer_argument, non_negative_number
 
 ops = keras.ops
@@ -52,7 +52,7 @@ class FreeLB(TrainingRegularizer):
     Args:
         embedding_name: Name of the embedding layer, e.g. ``'Embedding-Token'``.
         epsilon: Bound of each example's perturbation norm, or a schedule of
-            the step (see `keras_reg.training.schedule`).
+            the step (see `keras_reg.training.core.schedule`).
         alpha: Norm of each example's ascent step.
         steps: K, the number of passes (>= 1; 1 with ``init_scale=0`` is plain
             training).

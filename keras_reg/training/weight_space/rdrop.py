@@ -9,9 +9,9 @@ Reference:
 """
 
 from keras_reg._compat import keras
-from keras_reg.training import step as step_module
-from keras_reg.training.divergence import KINDS, output_kind, symmetric_kl
-from keras_reg.training.regularizer import TrainingRegularizer, register
+from keras_reg.training.core import installer
+from keras_reg.training.core.divergence import KINDS, output_kind, symmetric_kl
+from keras_reg.training.core.regularizer import TrainingRegularizer, register
 from keras_reg.validation import check_options, choice, positive_number
 
 ops = keras.ops
@@ -97,4 +97,4 @@ def r_drop(model, alpha=4.0, predictions=None):
     Example:
         >>> keras_reg.r_drop(model, alpha=4.0)
     """
-    return step_module.install(model, RDrop(alpha=alpha, predictions=predictions))
+    return installer.install(model, RDrop(alpha=alpha, predictions=predictions))

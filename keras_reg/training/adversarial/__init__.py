@@ -1,0 +1,1 @@
+"""Adversarial training: FGM, PGD, FreeLB, FreeFGM on an embedding; VAT."""

@@ -1,0 +1,1 @@
+"""The protocol, the installer, schedules, perturbation sites and shared maths."""

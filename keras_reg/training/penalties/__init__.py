@@ -1,0 +1,1 @@
+"""Gradient penalties (embedding, parameter, input) and noise training."""

@@ -1,0 +1,1 @@
+"""Methods that perturb or resample the weights: SAM/ASAM, AWP, R-Drop."""
