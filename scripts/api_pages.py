@@ -53,7 +53,7 @@ def public_objects():
 
 
 def page_name(dotted, names=()):
-    """Returns the page's file name: ``keras_reg.losses.Flooding`` -> ``losses.Flooding.md``.
+    """File name: ``keras_reg.losses.Flooding`` -> ``losses.Flooding.md``.
 
     Names equal but for case (``AWP`` and ``awp``) would share a file on a
     case-insensitive file system: the lower-case one (the function) gets the
@@ -67,15 +67,18 @@ def page_name(dotted, names=()):
 
 
 def page_text(dotted):
+    """Returns the page of one object: a title and the mkdocstrings directive."""
     return f"# {dotted.removeprefix('keras_reg.')}\n\n::: {dotted}\n"
 
 
 def section(dotted):
+    """Returns the module an object is documented under."""
     parts = dotted.split(".")
     return "keras_reg" if len(parts) == 2 else f"keras_reg.{parts[1]}"
 
 
 def index_text(names):
+    """Returns ``docs/api/index.md``: every page, grouped by module."""
     lines = [
         "# API reference",
         "",
@@ -94,6 +97,7 @@ def index_text(names):
 
 
 def nav_lines(names):
+    """Returns the API reference section of the ``nav`` of ``mkdocs.yml``."""
     lines = ["  - API reference:", "      - api/index.md"]
     current = None
     for dotted in names:
@@ -105,12 +109,14 @@ def nav_lines(names):
 
 
 def expected_files(names):
+    """Returns ``{file name: text}`` of every file ``docs/api/`` must hold."""
     files = {page_name(dotted, names): page_text(dotted) for dotted in names}
     files["index.md"] = index_text(names)
     return files
 
 
 def mkdocs_with_nav(text, names):
+    """Returns ``mkdocs.yml``'s text with the API section of its nav rewritten."""
     lines = text.splitlines()
     begin = lines.index("  # api:begin")
     end = lines.index("  # api:end")
@@ -118,6 +124,7 @@ def mkdocs_with_nav(text, names):
 
 
 def main():
+    """Writes the pages, the index and the nav."""
     names = list(public_objects())
     API.mkdir(parents=True, exist_ok=True)
     files = expected_files(names)

@@ -2,9 +2,10 @@
 # classifier `model` whose embedding layer is named "Embedding-Token" (as in
 # bert4keras), token ids `x`, labels `y`, unlabelled token ids `x_unlabeled`,
 # and float features `features` / `labels` for the examples on float inputs.
-import numpy as np
 import keras
-import keras_reg
+import numpy as np
+
+import keras_reg  # noqa: F401  (what the examples use)
 
 VOCABULARY, LENGTH, CLASSES = 50, 8, 2
 

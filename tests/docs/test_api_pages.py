@@ -18,6 +18,7 @@ def _load_script():
 API_PAGES = _load_script()
 OBJECTS = API_PAGES.public_objects()
 NAMES = list(OBJECTS)
+RUN = "run `python scripts/api_pages.py`."
 
 
 def test_the_public_objects_are_found():
@@ -41,7 +42,7 @@ def test_every_public_object_has_its_page():
         if f"::: {name}\n"
         not in _read(ROOT / "docs" / "api" / API_PAGES.page_name(name, NAMES))
     ]
-    assert not missing, f"No reference page: {missing}; run `python scripts/api_pages.py`."
+    assert not missing, f"No reference page: {missing}; {RUN}"
 
 
 def _read(path):
@@ -50,9 +51,10 @@ def _read(path):
 
 def test_the_pages_and_the_nav_are_up_to_date():
     expected = API_PAGES.expected_files(NAMES)
-    present = {path.name: path.read_text() for path in (ROOT / "docs" / "api").glob("*.md")}
-    assert present == expected, "Stale API pages: run `python scripts/api_pages.py`."
+    pages = (ROOT / "docs" / "api").glob("*.md")
+    present = {path.name: path.read_text() for path in pages}
+    assert present == expected, f"Stale API pages: {RUN}"
     mkdocs = (ROOT / "mkdocs.yml").read_text()
     assert API_PAGES.mkdocs_with_nav(mkdocs, NAMES) == mkdocs, (
-        "The API section of mkdocs.yml's nav is stale: run `python scripts/api_pages.py`."
+        f"The API section of mkdocs.yml's nav is stale: {RUN}"
     )

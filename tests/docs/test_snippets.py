@@ -68,7 +68,7 @@ def test_the_fence_parser_sees_skips_and_code():
 
 @pytest.mark.parametrize("path, code", CASES)
 def test_example_runs(path, code):
-    assert "--8<--" not in code, "An included file is not an example: mark it skip-test."
+    assert "--8<--" not in code, "An included file is no example: mark it skip-test."
     namespace = {"__name__": "__docs_example__"}
     exec(compile(PREAMBLE, "tests/docs/preamble.py", "exec"), namespace)
     with warnings.catch_warnings():
