@@ -67,8 +67,11 @@ def page_name(dotted, names=()):
 
 
 def page_text(dotted):
-    """Returns the page of one object: a title and the mkdocstrings directive."""
-    return f"# {dotted.removeprefix('keras_reg.')}\n\n::: {dotted}\n"
+    """Returns the page of one object: the mkdocstrings directive.
+
+    Its heading (level 1, the full dotted name) is the page's title.
+    """
+    return f"::: {dotted}\n"
 
 
 def section(dotted):
@@ -98,13 +101,14 @@ def index_text(names):
 
 def nav_lines(names):
     """Returns the API reference section of the ``nav`` of ``mkdocs.yml``."""
-    lines = ["  - API reference:", "      - api/index.md"]
+    lines = ["  - API reference:", "      - Index: api/index.md"]
     current = None
     for dotted in names:
         if section(dotted) != current:
             current = section(dotted)
             lines.append(f"      - {current}:")
-        lines.append(f"          - api/{page_name(dotted, names)}")
+        title = dotted.split(".")[-1]
+        lines.append(f"          - {title}: api/{page_name(dotted, names)}")
     return lines
 
 

@@ -66,6 +66,17 @@ def test_the_fence_parser_sees_skips_and_code():
     assert any("keras_reg." in code and not skip for _, code, skip in blocks)
 
 
+def test_examples_fit_the_page():
+    # 88 characters (ruff's limit) show without scrolling in the rendered page.
+    long = [
+        f"{path.relative_to(ROOT)}:{line}"
+        for path in sorted(DOCS.rglob("*.md"))
+        for line, code, _ in python_blocks(path)
+        if any(len(row) > 88 for row in code.splitlines())
+    ]
+    assert not long, f"Example lines over 88 characters in the blocks at {long}"
+
+
 @pytest.mark.parametrize("path, code", CASES)
 def test_example_runs(path, code):
     assert "--8<--" not in code, "An included file is no example: mark it skip-test."
