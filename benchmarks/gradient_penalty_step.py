@@ -17,8 +17,8 @@ the fastest rounds: load from other jobs only adds time):
 A gradient penalty needs double backprop: the step differentiates a gradient,
 so beyond the plain step it runs one more backward pass (the inner gradient,
 kept differentiable) and the backward of that backward (roughly a forward plus
-a backward again). The issue's targets: embedding penalty <= 2.6x a plain
-step, parameter penalty <= 3x.
+a backward again). Targets: embedding penalty <= 2.6x a plain step,
+parameter penalty <= 3x.
 
 Graph mode and XLA (``jit_compile=True``) on TensorFlow, jit on JAX, eager on
 PyTorch. Writes ``results/benchmark_gradient_penalty_<backend>.json``.

@@ -17,7 +17,7 @@ load from other jobs only adds time):
 SAM and AWP cost one more backward (the clean gradient; reused from the
 step's own forward on TensorFlow and PyTorch, recomputed with its forward on
 JAX) and one more forward; R-Drop one more forward, whose backward joins the
-step's. The issue's targets: SAM <= 2.1x a plain step, R-Drop <= 2.1x.
+step's. Targets: SAM <= 2.1x a plain step, R-Drop <= 2.1x.
 
 Graph mode and XLA (``jit_compile=True``) on TensorFlow, jit on JAX, eager on
 PyTorch; on JAX also XLA's FLOP count of each compiled step over the plain

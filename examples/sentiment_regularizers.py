@@ -49,8 +49,7 @@ from keras_reg._compat import keras  # noqa: E402
 EMBEDDING = "Embedding-Token"
 FGM_EPSILON = 0.3
 # Strengths tried on seed 0 (validation accuracy); the chosen ones, used with
-# --no-grid and --quick, are those our full run picked
-# (notes/issue10_results.md).
+# --no-grid and --quick, are those our full run picked (docs/results.md).
 GRIDS = {
     "gradient penalty": ("epsilon", (0.1, 1.0, 10.0, 100.0)),
     "noise": ("stddev", (0.01, 0.03, 0.1, 0.3)),

