@@ -279,8 +279,9 @@ OWN = {("Step", "_metrics")}
 
 def _offences(path):
     source = path.read_text()
+    where = path.relative_to(PACKAGE) if PACKAGE in path.parents else path.name
     found = [
-        f"{path.name}:{number}: {module}"
+        f"{where}:{number}: {module}"
         for number, line in enumerate(source.splitlines(), 1)
         for module in PRIVATE_MODULES
         if module in line
@@ -298,9 +299,9 @@ def _offences(path):
                 for cls, attr in OWN
             )
             if not own:
-                found.append(f"{path.name}:{node.lineno}: .{node.attr}")
+                found.append(f"{where}:{node.lineno}: .{node.attr}")
         elif isinstance(node, ast.Constant) and node.value in KERAS_PRIVATES:
-            found.append(f"{path.name}:{node.lineno}: {node.value!r}")
+            found.append(f"{where}:{node.lineno}: {node.value!r}")
     return found
 
 
