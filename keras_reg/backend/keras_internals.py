@@ -113,8 +113,10 @@ def own_pass_losses(model):
 
     Keras's JAX trainer pins ``model.losses`` to the losses of its own forward
     pass while ``compute_loss`` runs, in ``Layer._losses_override`` (Keras
-    3.2-3.15); an extra pass inside ``compute_loss`` (a perturbed one) must
-    report its own. The block empties the pinned list and puts it back.
+    3.2-3.15); an extra pass inside ``compute_loss`` must report its own (an
+    embeddings regulariser's value at ``E + delta``, activity regularisers of
+    the perturbed activations). The block empties the pinned list and puts it
+    back.
     Fallback: without the attribute (Keras 3.0 and 3.1 pin nothing) or with
     nothing pinned, the block changes nothing. Public alternative: none.
     """
