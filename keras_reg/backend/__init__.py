@@ -1,14 +1,24 @@
 """Backend dispatch: the only package that knows which framework runs a model.
 
-Each backend module offers the same two names:
+`for_model` returns the module that trains a model (``tensorflow``, ``jax``,
+``torch`` or ``tf_keras``); each offers the same names:
 
-- ``step_scope(model, variables, step_args)``: a context manager entered around
-  one training step (``step_args``: the positional arguments of
-  ``train_step``), returning a recorder (never None) that the step uses to take
-  gradients of the loss.
+- ``step_scope(model, variables, step_args=(), layers=(), inputs=False)``: a
+  context manager entered around one training step, returning a recorder
+  (never None) that the step's `Step` uses to take gradients of the loss
+  w.r.t. ``variables`` (the regulariser's watched variables), the outputs of
+  ``layers`` and, with ``inputs``, the batch's float inputs; ``step_args``
+  are the positional arguments of ``train_step`` (the JAX state and batch).
 - ``Step``: a `keras_reg.backend.base.Step` with the framework's autodiff,
   sparse handling and perturbation (in place on TensorFlow, by substituting
   values on JAX and PyTorch: see ``stateless.py``).
+- ``attach_metric`` / ``detach_metric``, ``attach_state`` / ``detach_state``:
+  the metrics that log a regulariser's terms and the state it carries from
+  step to step.
+- ``quiet_loss_metrics`` and ``report_loss``: what ``fit`` logs as the loss.
+
+Every private Keras attribute the backends read is behind a function in
+`keras_reg.backend.keras_internals`.
 """
 
 import importlib

@@ -511,12 +511,6 @@ class Step(abc.ABC):
         """
         return generator
 
-    def _inputs_of(self, x):
-        """The float tensors of ``x``, in ``keras.tree.flatten`` order."""
-        return [
-            t for t in keras.tree.flatten(x) if keras.backend.is_float_dtype(t.dtype)
-        ]
-
     def forward(self, x, training=False, layer=None, transform=None):
         """Returns the model's output on ``x``, optionally transforming a layer's.
 

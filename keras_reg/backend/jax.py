@@ -24,7 +24,7 @@ from typing import NamedTuple, Optional
 import jax
 
 from keras_reg._compat import keras
-from keras_reg.backend import base, reads, stateless
+from keras_reg.backend import base, keras_internals, reads, stateless
 from keras_reg.backend.tracking import (
     attach_metric,
     attach_state,
@@ -409,7 +409,7 @@ class Step(stateless.Step):
         # has no place to keep metric updates: there is nothing to log into.
         metric = self._metrics.get(name)
         if metric is not None:
-            if stateless._enclosing_value(metric.variables[0]) is None:
+            if keras_internals.stateless_scope_value(metric.variables[0]) is None:
                 return
         super().log(name, value)
 

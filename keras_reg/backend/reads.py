@@ -19,6 +19,7 @@ reader), and whether the loss reads the matrix at all.
 import contextlib
 
 from keras_reg._compat import keras
+from keras_reg.backend import keras_internals
 
 
 class ReadCounts:
@@ -81,7 +82,7 @@ def recorded_reads(variable, layer=None, counts=None):
 
     def value(self):
         if self is variable and not keras.backend.is_keras_tensor(self) and (
-            not _in_stateless_scope()
+            not keras_internals.in_stateless_scope()
         ):
             count()
         return plain.__get__(self, type(self))
@@ -119,9 +120,3 @@ def recorded_reads(variable, layer=None, counts=None):
             else:
                 layer.call = own_call
 
-
-def _in_stateless_scope():
-    # The scope's own reads are counted at get_current_value.
-    from keras.src.backend.common.stateless_scope import in_stateless_scope
-
-    return in_stateless_scope()

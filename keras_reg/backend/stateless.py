@@ -23,14 +23,8 @@ This module only uses Keras; the framework-specific autodiff lives in
 import contextlib
 import weakref
 
-# Private, but the only way to ask which scope a value comes from.
-from keras.src.backend.common.stateless_scope import (
-    get_stateless_scope,
-    in_stateless_scope,
-)
-
 from keras_reg._compat import keras
-from keras_reg.backend import base, reads, tracking
+from keras_reg.backend import base, keras_internals, reads, tracking
 
 ops = keras.ops
 
@@ -45,32 +39,6 @@ def _model_variables(model):
     ):
         unique.setdefault(id(variable), variable)
     return list(unique.values())
-
-
-@contextlib.contextmanager
-def _own_losses(model):
-    """Makes ``model.losses`` report the losses of the pass run in the block.
-
-    Under JAX ``fit`` the trainer pins ``model.losses`` to the losses of its own
-    forward pass (Keras's private ``_losses_override``) while ``compute_loss``
-    runs; a perturbed pass must report its own (an embeddings regulariser's
-    value at ``E + delta``, activity regularisers of the perturbed activations).
-    """
-    pinned = getattr(model, "_losses_override", None)
-    if pinned:
-        model._losses_override = []
-    try:
-        yield
-    finally:
-        if pinned:
-            model._losses_override = pinned
-
-
-def _enclosing_value(variable):
-    """The variable's value in the enclosing StatelessScope, else None."""
-    if not in_stateless_scope():
-        return None
-    return get_stateless_scope().get_current_value(variable)
 
 
 @contextlib.contextmanager
@@ -109,12 +77,12 @@ def substituted(
     backup = {id(v): value for v, value in fallback}
 
     def current(v):
-        if id(v) in backup and _enclosing_value(v) is None:
+        if id(v) in backup and keras_internals.stateless_scope_value(v) is None:
             return backup[id(v)]
         return v.value
 
     mapping = {id(v): given.get(id(v)) or (v, current(v)) for v in variables}
-    with _own_losses(model):
+    with keras_internals.own_pass_losses(model):
         with keras.StatelessScope(
             state_mapping=list(mapping.values()), collect_losses=True
         ) as scope:

@@ -1,7 +1,7 @@
 """The per-output ("task") losses of a compiled multi-output model.
 
-Keras 3 keeps the compiled loss in ``model._compile_loss`` (a ``CompileLoss``),
-tf_keras in ``model.compiled_loss`` (a ``LossesContainer``). Both compute every
+Keras 3 keeps the compiled loss in a ``CompileLoss``, tf_keras in
+``model.compiled_loss`` (a ``LossesContainer``). Both compute every
 output's loss with its sample weights (and masks), hand the *unweighted* value
 to that output's ``Mean`` tracker -- the ``<output>_loss`` that ``fit`` logs --
 and only then multiply by the output's ``loss_weights``. `task_losses` calls the
@@ -10,10 +10,9 @@ themselves stay quiet), so the task losses are Keras's own, computed exactly as
 ``fit`` logs them: structure matching of ``y`` and ``y_pred``, sample weights,
 masks, dtypes.
 
-This is framework knowledge and belongs with the backends; it lives here, next
-to its only user (`keras_reg.training.multitask.balancing`), until ``backend/`` has a
-place for it. It reads private attributes of both frameworks (named above):
-they are the only place the per-output losses exist.
+Its user is `keras_reg.training.multitask.balancing`. The per-output losses
+exist only in private attributes of both frameworks, read through
+`keras_reg.backend.keras_internals`.
 """
 
 from typing import NamedTuple
@@ -22,7 +21,7 @@ import numpy as np
 
 from keras_reg import backend
 from keras_reg._compat import keras
-from keras_reg.backend import tracking
+from keras_reg.backend import keras_internals, tracking
 
 _CLASSIFICATION = {
     "sparse_categorical_crossentropy": "sparse",
@@ -55,7 +54,7 @@ def compiled_loss(model):
     """Returns the model's compiled-loss object, or None if compiled without one."""
     if _legacy(model):
         return getattr(model, "compiled_loss", None)
-    return getattr(model, "_compile_loss", None)
+    return keras_internals.compile_loss(model)
 
 
 def _built_tasks(model):
@@ -64,26 +63,25 @@ def _built_tasks(model):
     if container is None or not container.built:
         return None
     if _legacy(model):
-        count = len(container._losses)
-        weights = list(container._loss_weights or [])
+        names, losses, weights, trackers = keras_internals.tf_keras_loss_table(
+            container
+        )
+        count = len(losses)
+        weights = list(weights or [])
         if len(weights) != count:
             weights = [None] * count
-        trackers = list(container._per_output_metrics or [None] * count)
-        rows = zip(container._output_names, container._losses, weights, trackers)
+        trackers = list(trackers or [None] * count)
+        rows = zip(names, losses, weights, trackers)
         return [
             (name, loss, 1.0 if weight is None else weight, tracker)
             for name, loss, weight, tracker in rows
             if loss is not None
         ]
-    trackers = list(container.metrics) or [None] * len(container._flat_losses)
+    entries = keras_internals.compile_loss_entries(container)
+    trackers = list(container.metrics) or [None] * len(entries)
     return [
-        (
-            entry.name,
-            entry.loss,
-            1.0 if entry.loss_weights is None else entry.loss_weights,
-            tracker,
-        )
-        for entry, tracker in zip(container._flat_losses, trackers)
+        (name, loss, 1.0 if weight is None else weight, tracker)
+        for (name, loss, weight), tracker in zip(entries, trackers)
     ]
 
 
@@ -169,26 +167,18 @@ def added_losses(model):
     if not losses:
         return 0.0
     if _legacy(model):
-        import tensorflow as tf
-        from tf_keras.src.utils import losses_utils
-
-        losses = losses_utils.cast_losses_to_common_dtype(losses)
-        return losses_utils.scale_loss_for_distribution(tf.add_n(losses))
+        return keras_internals.tf_keras_sum_added_losses(losses)
     total = 0.0
     for loss in losses:
-        total = total + model._aggregate_additional_loss(loss)
+        total = total + keras_internals.aggregate_added_loss(model, loss)
     return total
 
 
 def scale_for_replicas(model, loss):
     """Returns ``loss / replicas`` under a TF distribution strategy, as Keras scales."""
     if _legacy(model):
-        from tf_keras.src.utils import losses_utils
-
-        return losses_utils.scale_loss_for_distribution(loss)
-    from keras.src.losses.loss import scale_loss_for_distribution
-
-    return scale_loss_for_distribution(loss)
+        return keras_internals.tf_keras_scale_loss_for_distribution(loss)
+    return keras_internals.scale_loss_for_distribution(loss)
 
 
 # ---- the prior: the loss of predicting the label statistics -----------------------
@@ -284,7 +274,7 @@ def _loss_kind(loss):
     """Returns ``(kind, from_logits)``; kind is None for a regression loss."""
     function = getattr(loss, "fn", loss)
     name = getattr(function, "__name__", type(loss).__name__)
-    options = getattr(loss, "_fn_kwargs", None) or {}
+    options = keras_internals.loss_function_options(loss)
     from_logits = options.get("from_logits", getattr(loss, "from_logits", False))
     return _CLASSIFICATION.get(name), bool(from_logits)
 

@@ -12,7 +12,7 @@ import contextlib
 
 import tensorflow as tf
 
-from keras_reg.backend import tensorflow, tracking
+from keras_reg.backend import keras_internals, tensorflow, tracking
 from keras_reg.backend.tensorflow import step_scope
 
 __all__ = [
@@ -38,13 +38,14 @@ def attach_metric(model, name):
     import tf_keras
 
     metric = tf_keras.metrics.Mean(name=name)
-    model._metrics.append(metric)
+    keras_internals.tf_keras_metric_list(model).append(metric)
     return metric
 
 
 def detach_metric(model, metric):
     """Removes a metric attached by `attach_metric`."""
-    model._metrics[:] = [m for m in model._metrics if m is not metric]
+    metrics = keras_internals.tf_keras_metric_list(model)
+    metrics[:] = [m for m in metrics if m is not metric]
 
 
 def attach_state(model, name, shape):
@@ -72,17 +73,13 @@ def attach_state(model, name, shape):
             return {}
 
     state = CarriedState()
-    model._metrics.append(state)
+    keras_internals.tf_keras_metric_list(model).append(state)
     return state
 
 
 def detach_state(model, state):
     """Removes a state attached by `attach_state`."""
     detach_metric(model, state)
-
-
-def _total_loss_tracker(model):
-    return getattr(getattr(model, "compiled_loss", None), "_total_loss_mean", None)
 
 
 @contextlib.contextmanager
@@ -97,14 +94,15 @@ def quiet_loss_metrics(model, keep_per_output=False):
     compiled = getattr(model, "compiled_loss", None)
     metrics = list(getattr(compiled, "metrics", None) or [])
     if keep_per_output:
-        metrics = [m for m in metrics if m is _total_loss_tracker(model)]
+        total = keras_internals.tf_keras_total_loss_tracker(model)
+        metrics = [m for m in metrics if m is total]
     with tracking.quiet(metrics):
         yield
 
 
 def report_loss(model, loss, x):
     """Adds the loss being optimized to the ``loss`` that ``fit`` shows."""
-    tracker = _total_loss_tracker(model)
+    tracker = keras_internals.tf_keras_total_loss_tracker(model)
     if tracker is None:
         return
     batch = tf.shape(tf.nest.flatten(x)[0])[0]

@@ -13,6 +13,7 @@ Keras's tracker, since deleting the attribute does not untrack it.
 import contextlib
 
 from keras_reg._compat import keras
+from keras_reg.backend import keras_internals
 
 _PREFIX = "_keras_reg_term_"
 
@@ -27,15 +28,8 @@ def attach_metric(model, name):
     metric = keras.metrics.Mean(name=name)
     # A built Keras 3 layer locks its tracker against new state: a metric is
     # not model state (it is never saved), so let this one in.
-    tracker = getattr(model, "_tracker", None)
-    locked = getattr(tracker, "locked", False)
-    if locked:
-        tracker.unlock()
-    try:
+    with keras_internals.tracker_unlocked(model):
         setattr(model, _PREFIX + name, metric)
-    finally:
-        if locked:
-            tracker.lock()
     return metric
 
 
@@ -71,15 +65,8 @@ class CarriedState(keras.metrics.Metric):
 def attach_state(model, name, shape):
     """Attaches a `CarriedState` of ``shape`` to ``model`` and returns it."""
     state = CarriedState("state_" + name, shape)
-    tracker = getattr(model, "_tracker", None)
-    locked = getattr(tracker, "locked", False)
-    if locked:
-        tracker.unlock()
-    try:
+    with keras_internals.tracker_unlocked(model):
         setattr(model, _PREFIX + "state_" + name, state)
-    finally:
-        if locked:
-            tracker.lock()
     return state
 
 
@@ -90,7 +77,7 @@ def detach_state(model, state):
 
 def detach_metric(model, metric):
     """Removes a metric attached by `attach_metric` from ``model``."""
-    model._tracker.untrack(metric)
+    keras_internals.untrack(model, metric)
     attribute = _PREFIX + metric.name
     if attribute in model.__dict__:
         object.__delattr__(model, attribute)
@@ -98,7 +85,7 @@ def detach_metric(model, metric):
 
 def _loss_trackers(model):
     """Returns the per-output loss trackers of Keras 3's compiled loss."""
-    compiled = getattr(model, "_compile_loss", None)
+    compiled = keras_internals.compile_loss(model)
     return list(getattr(compiled, "metrics", None) or [])
 
 

@@ -153,10 +153,10 @@ class SpectralNormalization(keras.layers.Wrapper):
             outputs = self.layer(inputs, training=training)
         # Hand on what the wrapped layer changed or added (other than the
         # substituted kernel): its non-trainable updates and its losses.
-        for variable, before in mapping:
+        for variable, given in mapping:
             if variable is not weight:
                 after = scope.get_current_value(variable)
-                if after is not None and after is not before:
+                if after is not None and after is not given:
                     variable.assign(after)
         for loss in scope.losses:
             self.layer.add_loss(loss)

@@ -42,9 +42,9 @@ def clean_gradient(step, matrix, add_clean_loss):
     With ``add_clean_loss`` every clean gradient is taken in one backward
     pass (`Step.clean_gradients`) and the clean term is `Step.linear_loss` of
     them: the step's own backward pass then does not go through the clean pass
-    again (before: the pass to E for the direction, then the trainer's full
-    backward pass of the clean loss). Otherwise only dL/dE is taken (of the
-    scaled loss: the direction is invariant to the loss scale).
+    again (rather than one backward pass to E for the direction and then the
+    trainer's full backward pass of the clean loss). Otherwise only dL/dE is
+    taken (of the scaled loss: the direction is invariant to the loss scale).
     """
     if not add_clean_loss:
         return step.loss_gradient(matrix), None

@@ -10,6 +10,7 @@ import numbers
 import numpy as np
 
 from keras_reg._compat import keras
+from keras_reg.backend import keras_internals
 from keras_reg.validation import integer_argument
 
 ops = keras.ops
@@ -182,11 +183,7 @@ def _pairs(arrays, inputs):
 
 def _embedding_inputs(model, layer, inputs):
     """Returns the model inputs that feed ``layer`` directly (by identity)."""
-    fed = set()
-    for node in getattr(layer, "_inbound_nodes", None) or []:
-        tensors = node.input_tensors
-        if tensors is not None:  # never `or`: symbolic tensors have no truth
-            fed.update(id(t) for t in keras.tree.flatten(tensors))
+    fed = {id(t) for t in keras_internals.inbound_input_tensors(layer)}
     return [t for t in keras.tree.flatten(inputs) if id(t) in fed]
 
 

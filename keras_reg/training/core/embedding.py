@@ -1,15 +1,11 @@
 """Finding the embedding matrix a regulariser perturbs, by layer name."""
 
+from keras_reg.backend import keras_internals
+
 
 def _all_layers(model):
-    """Yields every layer inside ``model`` (nested models and sublayers too)."""
-    flatten = getattr(model, "_flatten_layers", None)
-    if flatten is not None:  # Keras 3 and tf_keras both have it.
-        yield from flatten(include_self=False, recursive=True)
-        return
-    for layer in getattr(model, "layers", []):
-        yield layer
-        yield from _all_layers(layer)
+    """Returns every layer inside ``model`` (nested models and sublayers too)."""
+    return keras_internals.sublayers(model)
 
 
 def _named_paths(model, name):
@@ -20,13 +16,7 @@ def _named_paths(model, name):
     paths, seen = [], set()
 
     def walk(layer, prefix):
-        flatten = getattr(layer, "_flatten_layers", None)
-        children = (
-            flatten(include_self=False, recursive=False)
-            if flatten is not None
-            else getattr(layer, "layers", [])
-        )
-        for child in children:
+        for child in keras_internals.sublayers(layer, recursive=False):
             path = f"{prefix}/{child.name}" if prefix else child.name
             if child.name == name and id(child) not in seen:
                 seen.add(id(child))

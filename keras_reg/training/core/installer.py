@@ -31,11 +31,12 @@ import warnings
 
 from keras_reg import backend
 from keras_reg._compat import keras
+from keras_reg.backend import keras_internals
 from keras_reg.training.core.regularizer import TrainingRegularizer
 
 _ATTRIBUTES = ("train_step", "compute_loss", "get_metrics_result")
 # Keras's JAX trainer: returns the forward pass's output with the loss.
-_FORWARD = "compute_loss_and_updates"
+_FORWARD = keras_internals.JAX_FORWARD
 
 
 class _Installation:
@@ -144,10 +145,10 @@ class _Installation:
         loss, aux = self.plain_compute_loss_and_updates(*args, **kwargs)
         step, self.step = self.step, None
         output = step.clean_output() if step is not None else None
-        if output is None or not isinstance(aux, tuple) or len(aux) != 4:
-            return loss, aux
-        unscaled_loss, _, non_trainable, metrics = aux
-        return loss, (unscaled_loss, output, non_trainable, metrics)
+        replaced = None
+        if output is not None:
+            replaced = keras_internals.jax_aux_with_output(aux, output)
+        return loss, (aux if replaced is None else replaced)
 
     def get_metrics_result(self):
         # The logged terms belong to training: evaluate() does not report them.

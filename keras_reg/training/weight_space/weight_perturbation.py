@@ -22,6 +22,7 @@ References:
 """
 
 from keras_reg._compat import keras
+from keras_reg.backend import keras_internals
 from keras_reg.training.core import installer
 from keras_reg.training.core.regularizer import TrainingRegularizer, register
 from keras_reg.validation import (
@@ -56,9 +57,8 @@ def _unscaled_gradients(step, variables):
 
 def _batch_norm_statistics(model):
     """The non-trainable variables of the model's BatchNormalization layers."""
-    layers = model._flatten_layers(include_self=False, recursive=True)
     statistics = []
-    for layer in layers:
+    for layer in keras_internals.sublayers(model):
         if any(c.__name__ == "BatchNormalization" for c in type(layer).__mro__):
             statistics.extend(layer.non_trainable_weights)
     return statistics
