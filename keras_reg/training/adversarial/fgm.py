@@ -20,11 +20,12 @@ from keras_reg.training.adversarial.common import (
 )
 from keras_reg.training.core import schedule
 from keras_reg.training.core.embedding import embedding_matrix, find_embedding_layer
-from keras_reg.training.core.regularizer import TrainingRegularizer, register
+from keras_reg.training.core.export import export
+from keras_reg.training.core.regularizer import TrainingRegularizer
 from keras_reg.validation import boolean
 
 
-@register
+@export("fgm")
 class FGM(TrainingRegularizer):
     """Fast gradient method on an embedding matrix (Miyato et al. 2017).
 
@@ -96,11 +97,3 @@ class FGM(TrainingRegularizer):
             "epsilon": schedule.serialize(self.epsilon),
             "add_clean_loss": self.add_clean_loss,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        for key in ("epsilon", "alpha"):
-            if key in config:
-                config[key] = schedule.deserialize(config[key])
-        return cls(**config)

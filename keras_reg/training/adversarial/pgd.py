@@ -13,13 +13,13 @@ from keras_reg.training.adversarial.common import clean_gradient, with_clean_ter
 from keras_reg.training.adversarial.fgm import FGM
 from keras_reg.training.core import schedule
 from keras_reg.training.core.embedding import embedding_matrix, find_embedding_layer
-from keras_reg.training.core.regularizer import register
+from keras_reg.training.core.export import export
 from keras_reg.validation import boolean, integer_argument
 
 ops = keras.ops
 
 
-@register
+@export("pgd")
 class PGD(FGM):
     """Projected gradient descent on an embedding matrix (Madry et al. 2018).
 
