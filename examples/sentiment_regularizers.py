@@ -52,12 +52,12 @@ FGM_EPSILON = 0.3
 # --no-grid and --quick, are those our full run picked
 # (notes/issue10_results.md).
 GRIDS = {
-    "gradient penalty": ("epsilon", (0.1, 1.0, 10.0, 100.0)),
+    "gradient penalty": ("weight", (0.1, 1.0, 10.0, 100.0)),
     "noise": ("stddev", (0.01, 0.03, 0.1, 0.3)),
     "parameter gradient penalty": ("weight", (0.01, 0.1, 1.0)),
 }
 OPTIONS = {
-    "gradient penalty": "gradient-penalty-epsilon",
+    "gradient penalty": "gradient-penalty-weight",
     "noise": "noise-stddev",
     "parameter gradient penalty": "parameter-penalty-weight",
 }
@@ -236,7 +236,7 @@ def main():
     names = {
         "baseline": "baseline",
         "FGM": f"FGM, epsilon={FGM_EPSILON:g}",
-        "gradient penalty": "gradient penalty, epsilon={:g}",
+        "gradient penalty": "gradient penalty, weight={:g}",
         "noise": "noise on the embeddings, stddev={:g}",
         "parameter gradient penalty": "parameter gradient penalty, weight={:g}",
     }

@@ -34,7 +34,9 @@ def adversarial_training(
     """Trains a compiled model with adversarial perturbations of an embedding.
 
     One line after ``compile``; ``fit`` then works as usual (progress bar,
-    metrics, callbacks). Calling it again replaces the previous regulariser;
+    metrics, callbacks). Each method also has its own installer with all of
+    its class's options: `keras_reg.fgm`, `keras_reg.pgd`, `keras_reg.freelb`,
+    `keras_reg.free_fgm`. Calling it again replaces the previous regulariser;
     `keras_reg.remove_regularization` restores the plain step.
 
     Args:

@@ -58,8 +58,8 @@ class FGM(TrainingRegularizer):
 
     Example:
         >>> model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
-        >>> model = keras_reg.training.install(
-        ...     model, FGM("Embedding-Token", epsilon=1.0))
+        >>> keras_reg.fgm(model, "Embedding-Token", epsilon=1.0)
+        >>> model.fit(x, y)
     """
 
     def __init__(self, embedding_name, epsilon=1.0, add_clean_loss=False):

@@ -56,8 +56,7 @@ class FreeFGM(FGM):
             of the step (see `keras_reg.training.core.schedule`).
 
     Example:
-        >>> keras_reg.adversarial_training(
-        ...     model, "Embedding-Token", epsilon=1.0, method="free_fgm")
+        >>> keras_reg.free_fgm(model, "Embedding-Token", epsilon=1.0)
     """
 
     def __init__(self, embedding_name, epsilon=1.0):

@@ -61,8 +61,7 @@ class FreeLB(TrainingRegularizer):
         seed: Seed of the random start.
 
     Example:
-        >>> keras_reg.install_regularizer(
-        ...     model, keras_reg.FreeLB("Embedding-Token", epsilon=1.0, alpha=0.3))
+        >>> keras_reg.freelb(model, "Embedding-Token", epsilon=1.0, alpha=0.3)
     """
 
     def __init__(

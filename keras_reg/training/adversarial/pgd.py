@@ -52,8 +52,7 @@ class PGD(FGM):
 
     Example:
         >>> model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
-        >>> keras_reg.install_regularizer(
-        ...     model, keras_reg.PGD("Embedding-Token", epsilon=1.0, alpha=0.3))
+        >>> keras_reg.pgd(model, "Embedding-Token", epsilon=1.0, alpha=0.3)
     """
 
     def __init__(

@@ -112,7 +112,7 @@ class LossBalancing(TrainingRegularizer):
         >>> model.compile(optimizer="adam",
         ...               loss={"digit": "sparse_categorical_crossentropy",
         ...                     "ink": "mse"})
-        >>> keras_reg.install_regularizer(model, LossBalancing("realtime"))
+        >>> keras_reg.balance_losses(model, "realtime")
         >>> model.fit(x, {"digit": y_digit, "ink": y_ink})
     """
 
