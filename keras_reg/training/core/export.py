@@ -85,9 +85,14 @@ def installers():
 
 def _record(name, target):
     previous = _PUBLIC.get(name)
-    if previous is not None and previous is not target and (
-        getattr(previous, "__qualname__", None) != getattr(target, "__qualname__", 0)
-        or previous.__module__ != target.__module__
+    if (
+        previous is not None
+        and previous is not target
+        and (
+            getattr(previous, "__qualname__", None)
+            != getattr(target, "__qualname__", 0)
+            or previous.__module__ != target.__module__
+        )
     ):
         raise ValueError(
             f"Two public objects named {name!r}: {previous!r} and {target!r}."
@@ -102,9 +107,7 @@ def warn_deprecated(message):
     default filters show it to the user who wrote the call.
     """
     frame, level = sys._getframe(1), 2
-    while frame is not None and frame.f_code.co_filename.startswith(
-        _PACKAGE_DIRECTORY
-    ):
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIRECTORY):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, DeprecationWarning, stacklevel=level)
 
@@ -147,6 +150,7 @@ def installer_function(cls, name):
     Its signature is the class's, after ``model``; its docstring is built from
     the class's (summary, arguments, example).
     """
+
     def install(model, *args, **kwargs):
         return installing.install(model, cls(*args, **kwargs))
 
@@ -195,9 +199,11 @@ def _sections(doc):
 def _installer_doc(cls, name):
     summary, sections = _sections(cls.__doc__)
     arguments = sections.get("Args", [])
-    example = sections.get("Example") or sections.get("Examples") or [
-        f"    >>> keras_reg.{name}(model)"
-    ]
+    example = (
+        sections.get("Example")
+        or sections.get("Examples")
+        or [f"    >>> keras_reg.{name}(model)"]
+    )
     text = [
         summary,
         "",
