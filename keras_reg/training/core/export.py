@@ -33,7 +33,9 @@ from keras_reg.validation import unknown_option_message
 _PUBLIC = {}
 # Installer function -> the class it installs.
 _INSTALLS = {}
-_PACKAGE_DIRECTORY = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+_PACKAGE_DIRECTORY = (
+    os.path.dirname(os.path.dirname(os.path.dirname(__file__))) + os.sep
+)
 _REMOVAL = "0.3"
 
 
@@ -161,7 +163,6 @@ def installer_function(cls, name):
     install.__name__ = install.__qualname__ = name
     install.__module__ = cls.__module__
     install.__doc__ = _installer_doc(cls, name)
-    install.__wrapped_class__ = cls
     _INSTALLS[install] = cls
     return install
 
