@@ -6,7 +6,7 @@ that drifts of the machine hit all of them alike (medians compared, and
 the fastest rounds: load from other jobs only adds time):
 
 - ``plain``: the model's own step;
-- ``gp_occurrence``: ``GradientPenalty('Embedding-Token', epsilon=1.0)``, the
+- ``gp_occurrence``: ``GradientPenalty('Embedding-Token', weight=1.0)``, the
   penalty on the gradient w.r.t. each looked-up vector (the source's);
 - ``gp_row``: the same with ``per='row'`` (the matrix gradient, repeated
   tokens summed);
@@ -53,8 +53,8 @@ from keras_reg._compat import keras  # noqa: E402
 EMBEDDING = "Embedding-Token"
 VARIANTS = {
     "plain": None,
-    "gp_occurrence": lambda m: keras_reg.GradientPenalty(EMBEDDING, epsilon=1.0),
-    "gp_row": lambda m: keras_reg.GradientPenalty(EMBEDDING, epsilon=1.0, per="row"),
+    "gp_occurrence": lambda m: keras_reg.GradientPenalty(EMBEDDING, weight=1.0),
+    "gp_row": lambda m: keras_reg.GradientPenalty(EMBEDDING, weight=1.0, per="row"),
     "parameter_gp": lambda m: keras_reg.ParameterGradientPenalty(0.01),
     "fgm": lambda m: keras_reg.FGM(EMBEDDING, epsilon=1.0),
 }

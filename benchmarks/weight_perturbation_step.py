@@ -12,7 +12,7 @@ load from other jobs only adds time):
   matrix included: its gradient is densified, as SAM perturbs all of it);
 - ``asam``: ``SAM(adaptive=True)``;
 - ``awp``: ``AWP(gamma=5e-3)`` (every weight with two or more axes);
-- ``rdrop``: ``RDrop(alpha=4.0)``.
+- ``rdrop``: ``RDrop(weight=4.0)``.
 
 SAM and AWP cost one more backward (the clean gradient; reused from the
 step's own forward on TensorFlow and PyTorch, recomputed with its forward on
@@ -48,7 +48,7 @@ VARIANTS = {
     "sam": lambda: keras_reg.SAM(rho=0.05),
     "asam": lambda: keras_reg.SAM(adaptive=True),
     "awp": lambda: keras_reg.AWP(gamma=5e-3),
-    "rdrop": lambda: keras_reg.RDrop(alpha=4.0),
+    "rdrop": lambda: keras_reg.RDrop(weight=4.0),
 }
 TARGETS = {"sam": 2.1, "rdrop": 2.1}
 

@@ -10,7 +10,7 @@ papers' default settings (no tuning here):
     keras_reg.sharpness_aware_minimization(model, rho=0.05)        # SAM
     keras_reg.sharpness_aware_minimization(model, adaptive=True)   # ASAM, rho 0.5
     keras_reg.awp(model, gamma=5e-3)                               # AWP
-    keras_reg.r_drop(model, alpha=4.0)                             # R-Drop
+    keras_reg.r_drop(model, weight=4.0)                             # R-Drop
 
 Prints test accuracy and test cross-entropy (mean +- std over seeds) and the
 seconds per run, and writes them to ``results/digits_weight_perturbation.md``.
@@ -42,7 +42,7 @@ VARIANTS = {
     "SAM (rho 0.05)": lambda: keras_reg.SAM(rho=0.05),
     "ASAM (rho 0.5, eta 0.01)": lambda: keras_reg.SAM(adaptive=True),
     "AWP (gamma 5e-3)": lambda: keras_reg.AWP(gamma=5e-3),
-    "R-Drop (alpha 4)": lambda: keras_reg.RDrop(alpha=4.0),
+    "R-Drop (weight 4)": lambda: keras_reg.RDrop(weight=4.0),
 }
 
 

@@ -35,7 +35,7 @@ class _ScopeMixin:
         super().__init__()
         step.check_regularizer(regularizer)
         self.regularizer = regularizer
-        self.start_epoch = integer_argument("start_epoch", start_epoch, 0, example=1)
+        self.start_epoch = _start_epoch(regularizer, start_epoch)
         self._previous = None
         self._installed_on = None
         self._own_call = False
@@ -76,7 +76,10 @@ class _ScopeMixin:
         if self._installed_on is None:
             return
         if self.regularizer.on_epoch_begin(epoch):
-            # The regulariser's step changes (a warm-up ended): trace it anew.
+            # The regulariser's step changes: trace it anew. jax.jit caches
+            # traces by function, and re-jitting the same bound train_step
+            # would reuse the old trace: give the step a new identity first.
+            step.retrace(self._installed_on)
             self._own_call = True
             try:
                 self._make_train_function(force=True)
@@ -123,6 +126,20 @@ class _ScopeMixin:
         self._previous = None
 
 
+def _start_epoch(regularizer, start_epoch):
+    """The scope's first epoch: ``start_epoch``, or the regulariser's deprecated one."""
+    start_epoch = integer_argument("start_epoch", start_epoch, 0, example=1)
+    own = getattr(regularizer, "start_epoch", 0)
+    if own and start_epoch and own != start_epoch:
+        raise ValueError(
+            f"RegularizationScope(start_epoch={start_epoch}) and {regularizer!r} "
+            f"(start_epoch={own}) disagree. Pass the warm-up to the scope only: "
+            f"RegularizationScope({type(regularizer).__name__}(...), "
+            f"start_epoch={start_epoch})."
+        )
+    return start_epoch or own
+
+
 class RegularizationScope(_ScopeMixin, keras.callbacks.Callback):
     """Trains with ``regularizer`` during one ``fit`` only.
 
@@ -136,7 +153,9 @@ class RegularizationScope(_ScopeMixin, keras.callbacks.Callback):
     ``fit`` counts them, ``initial_epoch`` included) train plainly and the
     regulariser is installed when epoch N begins (its logged terms appear
     from then on). To ramp a strength up over steps instead, give the
-    regulariser a schedule (see `keras_reg.training.core.schedule`).
+    regulariser a schedule (see `keras_reg.training.core.schedule`). This is
+    the one warm-up mechanism: ``AWP(start_epoch=N)`` (deprecated) is read as
+    the scope's ``start_epoch=N``.
 
     Args:
         regularizer: A `keras_reg.TrainingRegularizer` instance, e.g.

@@ -42,17 +42,26 @@ def check_options(function):
         if not accepts_any:
             for name in kwargs:
                 if name not in known:
-                    raise ValueError(_unknown_option_message(function, name, known))
+                    raise ValueError(
+                        unknown_option_message(function.__name__, name, known)
+                    )
         return function(*args, **kwargs)
 
     return wrapper
 
 
-def _unknown_option_message(function, name, known):
+def unknown_option_message(owner, name, known):
+    """Returns the message for an unknown keyword ``name`` of ``owner()``.
+
+    Args:
+        owner: The function's or class's name.
+        name: The keyword received.
+        known: The keywords ``owner`` takes.
+    """
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return (
-        f"{function.__name__}() got an unknown option {name!r}{hint}. "
+        f"{owner}() got an unknown option {name!r}{hint}. "
         f"Valid options: {', '.join(known)}."
     )
 

@@ -250,7 +250,7 @@ def tf_keras_cases():
         "plain": regularised(lambda: None),
         "fgm": regularised(lambda: keras_reg.FGM("emb", epsilon=0.7)),
         "gp-row": regularised(
-            lambda: keras_reg.GradientPenalty("emb", epsilon=1.0, per="row")
+            lambda: keras_reg.GradientPenalty("emb", weight=1.0, per="row")
         ),
         "vat-matrix": regularised(lambda: keras_reg.VAT("emb", epsilon=0.5, xi=1.0)),
     }

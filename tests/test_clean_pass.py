@@ -27,7 +27,7 @@ REGULARIZERS = {
     "pgd": lambda: keras_reg.PGD("emb", epsilon=0.5, alpha=0.2, steps=2),
     "sam": lambda: keras_reg.SAM(rho=0.05),
     "awp": lambda: keras_reg.AWP(gamma=1e-2),
-    "gradient_penalty": lambda: keras_reg.GradientPenalty("emb", epsilon=1.0),
+    "gradient_penalty": lambda: keras_reg.GradientPenalty("emb", weight=1.0),
     "parameter_penalty": lambda: keras_reg.ParameterGradientPenalty(0.1),
 }
 

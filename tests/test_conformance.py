@@ -29,8 +29,8 @@ REGULARIZERS = {
         "emb", epsilon=0.5, xi=1.0, perturb="output", unlabeled=_UNLABELED, seed=1
     ),
     "vat-matrix": lambda: keras_reg.VAT("emb", epsilon=0.5, xi=1.0, seed=1),
-    "gp-occurrence": lambda: keras_reg.GradientPenalty("emb", epsilon=1.0),
-    "gp-row": lambda: keras_reg.GradientPenalty("emb", epsilon=1.0, per="row"),
+    "gp-occurrence": lambda: keras_reg.GradientPenalty("emb", weight=1.0),
+    "gp-row": lambda: keras_reg.GradientPenalty("emb", weight=1.0, per="row"),
     "parameter-gp": lambda: keras_reg.ParameterGradientPenalty(0.1),
     "noise": lambda: keras_reg.NoiseTraining("emb", stddev=0.1, seed=2),
     "noise-integrated": lambda: keras_reg.NoiseTraining(
@@ -39,7 +39,7 @@ REGULARIZERS = {
     "sam": lambda: keras_reg.SAM(rho=0.5),
     "asam": lambda: keras_reg.SAM(adaptive=True),
     "awp": lambda: keras_reg.AWP(gamma=0.1, update_batch_norm=True),
-    "rdrop": lambda: keras_reg.RDrop(alpha=4.0),
+    "rdrop": lambda: keras_reg.RDrop(weight=4.0),
     # InputGradientPenalty needs float inputs: tests/test_noise.py covers it.
 }
 NAMES = sorted(REGULARIZERS)

@@ -135,7 +135,7 @@ def test_with_a_regularizer_installed(rng):
     x, y, w = models.batch(rng)
     model = _bag_model("functional", lr=0.0)
     models.set_weights(model, E, W, b)
-    keras_reg.gradient_penalty(model, "emb", epsilon=1.0)
+    keras_reg.gradient_penalty(model, "emb", weight=1.0)
     norms = keras_reg.callbacks.GradientNorms(x, y, "emb")
     history = model.fit(x, y, batch_size=6, epochs=1, verbose=0, callbacks=[norms])
     want = _bag_norms(E, W, b, x, y, None, l2=0.0)

@@ -99,8 +99,8 @@ def test_parameter_penalty_on_named_layers(rng):
 def test_errors_name_the_fix():
     with pytest.raises(ValueError, match="'occurrence', 'row'; received per='token'"):
         keras_reg.GradientPenalty("emb", per="token")
-    with pytest.raises(ValueError, match="epsilon=1.0"):
-        keras_reg.GradientPenalty("emb", epsilon=-1)
+    with pytest.raises(ValueError, match="weight=1.0"):
+        keras_reg.GradientPenalty("emb", weight=-1)
     with pytest.raises(ValueError, match="layers=\\['dense'\\]"):
         keras_reg.ParameterGradientPenalty(0.1, layers="dense")
     model = _compiled()

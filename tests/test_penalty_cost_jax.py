@@ -52,8 +52,8 @@ def _dots(regularizer):
 @pytest.mark.parametrize(
     "regularizer, factor",
     [
-        (lambda: keras_reg.GradientPenalty("emb", epsilon=1.0), 6),
-        (lambda: keras_reg.GradientPenalty("emb", epsilon=1.0, per="row"), 6),
+        (lambda: keras_reg.GradientPenalty("emb", weight=1.0), 6),
+        (lambda: keras_reg.GradientPenalty("emb", weight=1.0, per="row"), 6),
         (lambda: keras_reg.ParameterGradientPenalty(0.1), 9),
     ],
     ids=["occurrence", "row", "parameter"],

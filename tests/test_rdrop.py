@@ -86,7 +86,7 @@ def test_without_dropout_the_step_is_exactly_the_plain_step(jit_compile, rng):
         initial = initial or model.get_weights()
         model.set_weights(initial)
         if rdrop:
-            keras_reg.r_drop(model, alpha=ALPHA)
+            keras_reg.r_drop(model, weight=ALPHA)
         history = model.fit(
             x, y, sample_weight=w, batch_size=5, epochs=3, shuffle=False, verbose=0
         ).history
@@ -108,7 +108,7 @@ def test_without_dropout_the_step_matches_numpy(rng):
     x, y, w = models.batch(rng)
     model = _model(keras.layers.Dropout(0.0))
     models.set_weights(model, E, W, b)
-    keras_reg.r_drop(model, alpha=ALPHA)
+    keras_reg.r_drop(model, weight=ALPHA)
     models.fit_one_batch(model, x, y, w)
     expected = fgm_reference.plain_sgd_step(E, W, b, x, y, LR, w)
     for got, want in zip(models.get_weights(model), expected):
@@ -123,7 +123,7 @@ def test_kl_term_and_loss_match_numpy_for_fixed_masks(jit_compile, rng):
     masks = rng.integers(0, 2, size=(2, len(x), models.DIM)) * 2.0
     model = _model(FixedMasks(masks), jit_compile, lr=0.0)
     models.set_weights(model, E, W, b)
-    keras_reg.r_drop(model, alpha=ALPHA)
+    keras_reg.r_drop(model, weight=ALPHA)
     history = models.fit_one_batch(model, x, y, w)
     history = model.history.history
     h = np.float64(E)[x].mean(axis=1)
@@ -185,7 +185,7 @@ def test_regression_loss_is_refused_with_the_fix():
 @pytest.mark.parametrize(
     "make, match",
     [
-        (lambda: keras_reg.RDrop(alpha=0), "alpha=0"),
+        (lambda: keras_reg.RDrop(weight=0), "weight=0"),
         (lambda: keras_reg.RDrop(predictions="probs"), "predictions='probs'"),
     ],
 )

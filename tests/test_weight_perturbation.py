@@ -95,25 +95,48 @@ def test_awp_on_named_layers_perturbs_only_their_kernels(rng):
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
 
 
-def test_awp_warm_up_starts_at_start_epoch_in_a_scope(rng):
+def _scope_with_deprecated_start_epoch():
+    with pytest.warns(DeprecationWarning, match="start_epoch"):
+        awp = keras_reg.AWP(gamma=0.2, start_epoch=np.int64(1))
+    return keras_reg.callbacks.RegularizationScope(awp)
+
+
+@pytest.mark.parametrize(
+    "make_scope",
+    [
+        lambda: keras_reg.callbacks.RegularizationScope(
+            keras_reg.AWP(gamma=0.2), start_epoch=1
+        ),
+        _scope_with_deprecated_start_epoch,
+    ],
+    ids=["scope-start-epoch", "awp-start-epoch"],
+)
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "jit"])
+def test_awp_warm_up_starts_at_start_epoch_in_a_scope(make_scope, jit_compile, rng):
+    if jit_compile and keras.backend.backend() == "torch":
+        pytest.skip("jit_compile=True is torch.compile, refused on torch")
     E, W, b = models.initial_weights(rng)
     x, y, w = models.batch(rng)
-    model = _compiled()
+    model = _compiled(jit_compile=jit_compile)
     models.set_weights(model, E, W, b)
-    scope = keras_reg.callbacks.RegularizationScope(
-        keras_reg.AWP(gamma=0.2, start_epoch=1)
-    )
-    models.fit_one_batch(model, x, y, w, epochs=2, callbacks=[scope])
+    models.fit_one_batch(model, x, y, w, epochs=2, callbacks=[make_scope()])
+    # One plain epoch, then one AWP epoch; not two plain epochs.
     E1, W1, b1 = fgm_reference.plain_sgd_step(E, W, b, x, y, LR, w)
     e = reference.awp_perturbation(E1, W1, b1, x, y, w, gamma=0.2)
     expected = reference.perturbed_sgd_step(E1, W1, b1, x, y, w, LR, e)
     for got, want in zip(models.get_weights(model), expected):
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+    plain = fgm_reference.plain_sgd_step(E1, W1, b1, x, y, LR, w)
+    assert not all(
+        np.allclose(got, want, rtol=2e-5, atol=2e-6)
+        for got, want in zip(models.get_weights(model), plain)
+    )
 
 
 def test_awp_warm_up_without_a_scope_says_how(rng):
     model = _compiled()
-    keras_reg.install_regularizer(model, keras_reg.AWP(start_epoch=2))
+    with pytest.warns(DeprecationWarning):
+        keras_reg.install_regularizer(model, keras_reg.AWP(start_epoch=2))
     x, y, w = models.batch(rng)
     with pytest.raises(ValueError, match="RegularizationScope"):
         models.fit_one_batch(model, x, y, w)

@@ -103,7 +103,7 @@ def test_bert4keras_gradient_penalty_in_mixed_precision():
             tf_keras.optimizers.SGD(0.01)
         )
         model = tiny_bert.classifier(optimizer)
-        keras_reg.gradient_penalty(model, "Embedding-Token", epsilon=0.01)
+        keras_reg.gradient_penalty(model, "Embedding-Token", weight=0.01)
         x, y = _batch()
         history = model.fit(x, y, batch_size=2, epochs=8, verbose=0).history
     finally:

@@ -83,6 +83,36 @@ def test_one_step_matches_numpy(regularizer, perturbation):
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
 
 
+@pytest.mark.parametrize("deprecated", [False, True], ids=["scope", "awp"])
+def test_awp_warm_up_through_the_scope(deprecated):
+    (E, W, b), (x, y, w) = _data()
+    model = _bag_of_embeddings()
+    model.set_weights([E, W, b])
+    if deprecated:
+        with pytest.warns(DeprecationWarning):
+            awp = keras_reg.AWP(gamma=0.2, start_epoch=np.int64(1))
+        scope = keras_reg.callbacks.RegularizationScope(awp)
+    else:
+        scope = keras_reg.callbacks.RegularizationScope(
+            keras_reg.AWP(gamma=0.2), start_epoch=1
+        )
+    model.fit(
+        x,
+        y,
+        sample_weight=w,
+        batch_size=6,
+        epochs=2,
+        shuffle=False,
+        verbose=0,
+        callbacks=[scope],
+    )
+    E1, W1, b1 = fgm_reference.plain_sgd_step(E, W, b, x, y, LR, w)
+    e = reference.awp_perturbation(E1, W1, b1, x, y, w, gamma=0.2)
+    expected = reference.perturbed_sgd_step(E1, W1, b1, x, y, w, LR, e)
+    for got, want in zip(model.get_weights(), expected):
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+
+
 def _bert_batch():
     rng = np.random.default_rng(2)
     tokens = rng.integers(1, 40, size=(4, 10)).astype("int32")

@@ -5,6 +5,7 @@ from keras_reg.training.adversarial.free_fgm import FreeFGM
 from keras_reg.training.adversarial.freelb import FreeLB
 from keras_reg.training.adversarial.pgd import PGD
 from keras_reg.training.core import installer
+from keras_reg.training.core.export import export
 from keras_reg.validation import check_options
 
 _METHODS = ("fgm", "pgd", "freelb", "free_fgm")
@@ -17,6 +18,7 @@ _OPTIONS = {
 }
 
 
+@export()
 @check_options
 def adversarial_training(
     model,
@@ -32,7 +34,9 @@ def adversarial_training(
     """Trains a compiled model with adversarial perturbations of an embedding.
 
     One line after ``compile``; ``fit`` then works as usual (progress bar,
-    metrics, callbacks). Calling it again replaces the previous regulariser;
+    metrics, callbacks). Each method also has its own installer with all of
+    its class's options: `keras_reg.fgm`, `keras_reg.pgd`, `keras_reg.freelb`,
+    `keras_reg.free_fgm`. Calling it again replaces the previous regulariser;
     `keras_reg.remove_regularization` restores the plain step.
 
     Args:

@@ -20,11 +20,12 @@ from keras_reg.training.adversarial.common import (
 )
 from keras_reg.training.core import schedule
 from keras_reg.training.core.embedding import embedding_matrix, find_embedding_layer
-from keras_reg.training.core.regularizer import TrainingRegularizer, register
+from keras_reg.training.core.export import export
+from keras_reg.training.core.regularizer import TrainingRegularizer
 from keras_reg.validation import boolean
 
 
-@register
+@export("fgm")
 class FGM(TrainingRegularizer):
     """Fast gradient method on an embedding matrix (Miyato et al. 2017).
 
@@ -57,8 +58,8 @@ class FGM(TrainingRegularizer):
 
     Example:
         >>> model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
-        >>> model = keras_reg.training.install(
-        ...     model, FGM("Embedding-Token", epsilon=1.0))
+        >>> keras_reg.fgm(model, "Embedding-Token", epsilon=1.0)
+        >>> model.fit(x, y)
     """
 
     def __init__(self, embedding_name, epsilon=1.0, add_clean_loss=False):
@@ -96,11 +97,3 @@ class FGM(TrainingRegularizer):
             "epsilon": schedule.serialize(self.epsilon),
             "add_clean_loss": self.add_clean_loss,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        for key in ("epsilon", "alpha"):
-            if key in config:
-                config[key] = schedule.deserialize(config[key])
-        return cls(**config)

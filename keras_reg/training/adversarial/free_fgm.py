@@ -12,14 +12,14 @@ from keras_reg._compat import keras
 from keras_reg.training.adversarial.fgm import FGM
 from keras_reg.training.core import schedule
 from keras_reg.training.core.embedding import embedding_matrix, find_embedding_layer
-from keras_reg.training.core.regularizer import register
+from keras_reg.training.core.export import export
 
 ops = keras.ops
 
 _STATE = "free_fgm_delta"
 
 
-@register
+@export("free_fgm")
 class FreeFGM(FGM):
     """FGM whose direction is the previous step's gradient ("for free").
 
@@ -56,8 +56,7 @@ class FreeFGM(FGM):
             of the step (see `keras_reg.training.core.schedule`).
 
     Example:
-        >>> keras_reg.adversarial_training(
-        ...     model, "Embedding-Token", epsilon=1.0, method="free_fgm")
+        >>> keras_reg.free_fgm(model, "Embedding-Token", epsilon=1.0)
     """
 
     def __init__(self, embedding_name, epsilon=1.0):

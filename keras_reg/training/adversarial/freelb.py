@@ -13,13 +13,14 @@ from keras_reg.training.adversarial.common import (
 )
 from keras_reg.training.core import schedule
 from keras_reg.training.core.embedding import find_embedding_layer
-from keras_reg.training.core.regularizer import TrainingRegularizer, register
+from keras_reg.training.core.export import export
+from keras_reg.training.core.regularizer import TrainingRegularizer
 from keras_reg.validation import integer_argument, non_negative_number
 
 ops = keras.ops
 
 
-@register
+@export("freelb")
 class FreeLB(TrainingRegularizer):
     """FreeLB (Zhu et al. ICLR 2020) on an embedding layer's output.
 
@@ -60,8 +61,7 @@ class FreeLB(TrainingRegularizer):
         seed: Seed of the random start.
 
     Example:
-        >>> keras_reg.install_regularizer(
-        ...     model, keras_reg.FreeLB("Embedding-Token", epsilon=1.0, alpha=0.3))
+        >>> keras_reg.freelb(model, "Embedding-Token", epsilon=1.0, alpha=0.3)
     """
 
     def __init__(
@@ -141,13 +141,6 @@ class FreeLB(TrainingRegularizer):
             "init_scale": self.init_scale,
             "seed": self.seed,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        for key in ("epsilon", "alpha"):
-            config[key] = schedule.deserialize(config[key])
-        return cls(**config)
 
 
 def _adder(deltas):

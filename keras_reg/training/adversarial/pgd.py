@@ -13,13 +13,13 @@ from keras_reg.training.adversarial.common import clean_gradient, with_clean_ter
 from keras_reg.training.adversarial.fgm import FGM
 from keras_reg.training.core import schedule
 from keras_reg.training.core.embedding import embedding_matrix, find_embedding_layer
-from keras_reg.training.core.regularizer import register
+from keras_reg.training.core.export import export
 from keras_reg.validation import boolean, integer_argument
 
 ops = keras.ops
 
 
-@register
+@export("pgd")
 class PGD(FGM):
     """Projected gradient descent on an embedding matrix (Madry et al. 2018).
 
@@ -52,8 +52,7 @@ class PGD(FGM):
 
     Example:
         >>> model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
-        >>> keras_reg.install_regularizer(
-        ...     model, keras_reg.PGD("Embedding-Token", epsilon=1.0, alpha=0.3))
+        >>> keras_reg.pgd(model, "Embedding-Token", epsilon=1.0, alpha=0.3)
     """
 
     def __init__(

@@ -20,7 +20,7 @@ from keras_reg.training.adversarial.unlabeled import (
     UnlabeledSampler,
     check_against_model,
 )
-from keras_reg.training.core import installer
+from keras_reg.training.core import schedule
 from keras_reg.training.core.divergence import (
     KINDS,
     entropy,
@@ -28,17 +28,16 @@ from keras_reg.training.core.divergence import (
     output_kind,
 )
 from keras_reg.training.core.embedding import embedding_matrix, find_embedding_layer
+from keras_reg.training.core.export import export
 from keras_reg.training.core.perturbation_sites import (
     input_error,
     is_integer_dtype,
     site_for,
 )
-from keras_reg.training.core.regularizer import TrainingRegularizer, register
+from keras_reg.training.core.regularizer import TrainingRegularizer
 from keras_reg.validation import (
-    check_options,
     choice,
     integer_argument,
-    non_negative_number,
     positive_number,
 )
 
@@ -64,7 +63,7 @@ def normalize(d, norm, step=None):
     return d / ops.maximum(length, 1e-12)
 
 
-@register
+@export("virtual_adversarial_training")
 class VAT(TrainingRegularizer):
     """Virtual adversarial training (Miyato et al. 2018), the source's version.
 
@@ -111,7 +110,9 @@ class VAT(TrainingRegularizer):
 
     Args:
         embedding_name: The embedding layer to perturb, or None for the inputs.
-        epsilon: Norm of the adversarial perturbation r.
+        epsilon: Norm of the adversarial perturbation r, or a schedule of the
+            step (see `keras_reg.training.core.schedule`; so may ``weight``
+            and ``entropy_weight`` be).
         xi: Norm of the probe perturbation in the power iteration (the source
             uses 10 on BERT embeddings; the paper 1e-6 on images).
         iters: Power iterations (1 in the paper and the source).
@@ -165,10 +166,10 @@ class VAT(TrainingRegularizer):
         if norm is None:
             norm = "example" if embedding_name is None else "batch"
         self.embedding_name = embedding_name
-        self.epsilon = positive_number("epsilon", epsilon, example=1.0)
+        self.epsilon = schedule.strength("epsilon", epsilon, example=1.0)
         self.xi = positive_number("xi", xi, example=10.0)
         self.iters = integer_argument("iters", iters, 1, example=1)
-        self.weight = positive_number("weight", weight, example=1.0)
+        self.weight = schedule.strength("weight", weight, example=1.0)
         self.perturb = choice("perturb", perturb, PERTURB)
         self.norm = choice("norm", norm, NORM)
         if embedding_name is not None and perturb == "matrix" and norm == "example":
@@ -177,8 +178,8 @@ class VAT(TrainingRegularizer):
                 "are shared by the examples). Use norm='batch', or "
                 "perturb='output' to perturb each example's embedded sequence."
             )
-        self.entropy_weight = non_negative_number(
-            "entropy_weight", entropy_weight, example=1.0
+        self.entropy_weight = schedule.strength(
+            "entropy_weight", entropy_weight, example=1.0, zero=True
         )
         self.predictions = (
             None if predictions is None else choice("predictions", predictions, KINDS)
@@ -237,7 +238,8 @@ class VAT(TrainingRegularizer):
     def regularized_loss(self, step):
         vat_loss, entropy_term = self.terms(step)
         step.log("vat_loss", vat_loss)
-        return step.loss_plus(self.weight * vat_loss + entropy_term)
+        weight = schedule.current(step, self.weight)
+        return step.loss_plus(vat_loss * weight + entropy_term)
 
     def terms(self, step):
         """Returns this step's ``(vat_loss, entropy_term)``.
@@ -258,7 +260,8 @@ class VAT(TrainingRegularizer):
         # EntMin differentiates through p; the VAT terms hold it constant.
         # Means over this replica's shard become means over the global batch.
         entropy_term = (
-            self.entropy_weight * step.global_mean(entropy(p, kind))
+            step.global_mean(entropy(p, kind))
+            * schedule.current(step, self.entropy_weight)
             if self.entropy_weight
             else 0
         )
@@ -283,7 +286,8 @@ class VAT(TrainingRegularizer):
             )
             if not site.per_example:
                 d = step.global_sum(d)
-        r = ops.stop_gradient(self.epsilon * normalize(d, self.norm, local))
+        epsilon = schedule.current(step, self.epsilon)
+        r = ops.stop_gradient(normalize(d, self.norm, local) * epsilon)
         vat_loss = step.global_mean(kl_divergence(p, site.predict(x, r), kind))
         return vat_loss, entropy_term
 
@@ -295,15 +299,15 @@ class VAT(TrainingRegularizer):
         """
         config = {
             "embedding_name": self.embedding_name,
-            "epsilon": self.epsilon,
+            "epsilon": schedule.serialize(self.epsilon),
             "xi": self.xi,
             "iters": self.iters,
             "unlabeled_batch_size": self.unlabeled_batch_size,
-            "weight": self.weight,
+            "weight": schedule.serialize(self.weight),
             "perturb": self.perturb,
             "norm": self.norm,
             "seed": self.seed,
-            "entropy_weight": self.entropy_weight,
+            "entropy_weight": schedule.serialize(self.entropy_weight),
             "predictions": self.predictions,
         }
         if self.sampler.arrays is not None or self.sampler.iterator is not None:
@@ -329,56 +333,4 @@ class VAT(TrainingRegularizer):
                 'VAT.from_config({**config, "unlabeled": x_unlabeled}).',
                 stacklevel=2,
             )
-        return cls(**config)
-
-
-@check_options
-def virtual_adversarial_training(
-    model,
-    embedding_name=None,
-    epsilon=1.0,
-    xi=10.0,
-    iters=1,
-    unlabeled=None,
-    unlabeled_batch_size=None,
-    weight=1.0,
-    perturb="matrix",
-    norm=None,
-    seed=None,
-    entropy_weight=0.0,
-    predictions=None,
-):
-    """Trains a compiled model with VAT on unlabelled data, in one ``fit``.
-
-    See `VAT` for the maths and the arguments. The labelled data goes through
-    ``fit``; an unlabelled batch is drawn from ``unlabeled`` at every step.
-
-    Returns:
-        ``model``.
-
-    Raises:
-        ValueError: A bad argument (named in the message), the model is not
-            compiled, the embedding layer is not found, the compiled loss is a
-            regression loss, or the unlabelled data does not fit the model.
-
-    Example:
-        >>> model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
-        >>> keras_reg.virtual_adversarial_training(
-        ...     model, "Embedding-Token", epsilon=1.0, xi=10.0, unlabeled=x_u)
-        >>> model.fit(x_labeled, y_labeled, epochs=10)
-    """
-    regularizer = VAT(
-        embedding_name=embedding_name,
-        epsilon=epsilon,
-        xi=xi,
-        iters=iters,
-        unlabeled=unlabeled,
-        unlabeled_batch_size=unlabeled_batch_size,
-        weight=weight,
-        perturb=perturb,
-        norm=norm,
-        seed=seed,
-        entropy_weight=entropy_weight,
-        predictions=predictions,
-    )
-    return installer.install(model, regularizer)
+        return super().from_config(config)

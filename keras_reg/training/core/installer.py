@@ -286,6 +286,34 @@ def installed_regularizer(model):
     return installation.regularizer if installation is not None else None
 
 
+def retrace(model):
+    """Makes the next train function trace the installed step anew.
+
+    For a regulariser whose step changes during ``fit`` (its
+    `TrainingRegularizer.on_epoch_begin` returned True). Keras's JAX trainer
+    re-jits ``model.train_step`` when the train function is remade, but
+    ``jax.jit`` caches traces by function, and two bound methods of one object
+    are equal: the old trace, with the old step, would be reused. The step
+    gets a new function object here (same code, same installation), so the
+    jitted function traces it again; TensorFlow and torch retrace anyway.
+
+    Args:
+        model: A model with a regulariser installed (else nothing happens).
+    """
+    installation = _installation(model)
+    if installation is None:
+        return
+    method = _Installation.train_step
+    fresh = types.FunctionType(
+        method.__code__,
+        method.__globals__,
+        method.__name__,
+        method.__defaults__,
+        method.__closure__,
+    )
+    model.train_step = types.MethodType(fresh, installation)
+
+
 def install(model, regularizer):
     """Installs ``regularizer`` on a compiled ``model`` and returns the model.
 

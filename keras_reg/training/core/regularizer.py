@@ -2,7 +2,7 @@
 
 import abc
 
-from keras_reg._compat import keras
+from keras_reg.training.core import schedule
 
 
 class TrainingRegularizer(abc.ABC):
@@ -94,14 +94,14 @@ class TrainingRegularizer(abc.ABC):
 
     @classmethod
     def from_config(cls, config):
-        """Creates a regulariser from the output of `get_config`."""
-        return cls(**config)
+        """Creates a regulariser from the output of `get_config`.
+
+        Serialised schedules (see `keras_reg.training.core.schedule`) become
+        schedules again; a renamed argument of an older config still works.
+        """
+        return cls(**{key: schedule.deserialize(v) for key, v in config.items()})
 
     def __repr__(self):
         arguments = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({arguments})"
 
-
-def register(cls):
-    """Registers ``cls`` for Keras serialisation under the package ``keras_reg``."""
-    return keras.saving.register_keras_serializable(package="keras_reg")(cls)

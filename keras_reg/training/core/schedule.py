@@ -1,7 +1,9 @@
 """Strengths that change during training: a number, or a schedule of the step.
 
-An adversary's ``epsilon`` may ramp up over the first steps instead of
-starting at full strength. A schedule is any
+Every strength of a regulariser (a perturbation radius ``epsilon``, a loss
+term's ``weight``, an ascent step ``alpha``, SAM's ``rho``, AWP's ``gamma``,
+a noise ``stddev``) may be a schedule, e.g. to ramp it up over the first
+steps instead of starting at full strength. A schedule is any
 ``keras.optimizers.schedules.LearningRateSchedule`` (e.g.
 ``PolynomialDecay(0.0, 1000, end_learning_rate=1.0)``: a linear ramp from 0 to
 1 over 1,000 steps, then 1) or a serialisable callable of the step count; the
@@ -9,22 +11,30 @@ step count is the optimizer's iteration counter (0 at the first step).
 """
 
 from keras_reg._compat import keras
-from keras_reg.validation import positive_number
+from keras_reg.validation import non_negative_number, positive_number
 
 
-def strength(name, value, example):
+def strength(name, value, example, zero=False):
     """Returns ``value``: a positive float, or a schedule kept as it is.
+
+    Args:
+        name: The argument's name, for the error message.
+        value: The value received.
+        example: A sensible value to suggest in the error message.
+        zero: Accept 0 too (a term that 0 turns off).
 
     Raises:
         ValueError: ``value`` is neither a positive number nor callable.
     """
     if callable(value):
         return value
+    check = non_negative_number if zero else positive_number
     try:
-        return positive_number(name, value, example)
+        return check(name, value, example)
     except ValueError:
+        kind = "a number >= 0" if zero else "a positive number"
         raise ValueError(
-            f"`{name}` must be a positive number, received {name}={value!r}, or a "
+            f"`{name}` must be {kind}, received {name}={value!r}, or a "
             "schedule of the training step (a keras.optimizers.schedules."
             f"LearningRateSchedule or a callable). Pass for example {name}="
             f"{example}, or {name}=keras.optimizers.schedules.PolynomialDecay("
@@ -58,7 +68,7 @@ def serialize(value):
 
 
 def deserialize(value):
-    """Inverts `serialize`."""
-    if isinstance(value, dict):
+    """Inverts `serialize`: a serialised schedule back to a schedule, else ``value``."""
+    if isinstance(value, dict) and "class_name" in value:
         return keras.saving.deserialize_keras_object(value)
     return value

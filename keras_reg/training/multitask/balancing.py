@@ -13,14 +13,14 @@ References:
 
 from keras_reg._compat import keras
 from keras_reg.backend import task_losses
-from keras_reg.training.core import installer
-from keras_reg.training.core.regularizer import TrainingRegularizer, register
+from keras_reg.training.core.export import export
+from keras_reg.training.core.regularizer import TrainingRegularizer
 from keras_reg.training.multitask.task_gradients import (
     inverse,
     min_norm_weights,
     representation_gradients,
 )
-from keras_reg.validation import check_options, choice
+from keras_reg.validation import choice
 
 ops = keras.ops
 
@@ -29,7 +29,7 @@ _FIXED = ("initial", "prior")
 _GRADIENT = ("gradient", "pareto")
 
 
-@register
+@export("balance_losses")
 class LossBalancing(TrainingRegularizer):
     """Weights the per-output losses of a multi-output model so that none dominates.
 
@@ -112,7 +112,7 @@ class LossBalancing(TrainingRegularizer):
         >>> model.compile(optimizer="adam",
         ...               loss={"digit": "sparse_categorical_crossentropy",
         ...                     "ink": "mse"})
-        >>> keras_reg.install_regularizer(model, LossBalancing("realtime"))
+        >>> keras_reg.balance_losses(model, "realtime")
         >>> model.fit(x, {"digit": y_digit, "ink": y_ink})
     """
 
@@ -369,64 +369,3 @@ def _one_loss_message(model, names):
         "balance. Compile one loss per output, e.g. `model.compile(loss={'cls': "
         "'sparse_categorical_crossentropy', 'reg': 'mse'}, optimizer='adam')`."
     )
-
-
-@check_options
-def balance_losses(
-    model,
-    method="realtime",
-    gamma=0.0,
-    shared_layer=None,
-    reference_losses=None,
-    x=None,
-    y=None,
-    sample_weight=None,
-    batch_size=None,
-):
-    """Trains a compiled multi-output model on balanced per-output losses.
-
-    One line after ``compile``; ``fit`` then works as usual, with each task's
-    factor logged as ``<output>_loss_weight``. See `LossBalancing` for the
-    methods and their maths. Calling it again replaces the previous
-    regulariser; `keras_reg.remove_regularization` restores the plain step.
-
-    Args:
-        model: A model compiled with one loss per output (Keras 3 on
-            TensorFlow, JAX or PyTorch, or tf_keras).
-        method: ``"realtime"`` (default), ``"initial"``, ``"prior"``,
-            ``"gradient"`` or ``"pareto"``.
-        gamma: Generalised-mean exponent for ``"realtime"`` (0: real-time
-            weighting, 1: plain sum).
-        shared_layer: The last shared layer, for ``"gradient"``/``"pareto"``.
-        reference_losses: ``{output: loss}`` for ``"initial"``/``"prior"``
-            instead of data.
-        x: Inputs for ``"initial"``.
-        y: Targets for ``"initial"`` and ``"prior"``, structured as for ``fit``.
-        sample_weight: Sample weights for the reference losses.
-        batch_size: Batch size of the ``"initial"`` measurement.
-
-    Returns:
-        ``model``.
-
-    Raises:
-        ValueError: A single-output model, one loss for all outputs, a missing
-            or bad argument (named in the message).
-
-    Example:
-        >>> model.compile(optimizer="adam",
-        ...               loss={"digit": "sparse_categorical_crossentropy",
-        ...                     "ink": "mse"})
-        >>> keras_reg.balance_losses(model, "prior", y={"digit": d, "ink": s})
-        >>> model.fit(x, {"digit": d, "ink": s}, epochs=10)
-    """
-    regularizer = LossBalancing(
-        method=method,
-        gamma=gamma,
-        shared_layer=shared_layer,
-        reference_losses=reference_losses,
-        x=x,
-        y=y,
-        sample_weight=sample_weight,
-        batch_size=batch_size,
-    )
-    return installer.install(model, regularizer)

@@ -4,7 +4,7 @@ References:
     Su Jianlin. 对抗训练浅谈：意义、方法和思考 (On adversarial training).
     https://kexue.fm/archives/7234 -- FGM's loss L(x + eps g/||g||) is, to
     first order, L(x) + eps ||g||, which the post trains as a gradient penalty
-    0.5 * eps * ||dL/de||^2 on the looked-up embeddings (bert4keras,
+    0.5 * eps * ||dL/de||^2 (here ``weight``) on the looked-up embeddings (bert4keras,
     ``examples/task_iflytek_gradient_penalty.py``).
 
     Barrett, Dherin. Implicit Gradient Regularization. ICLR 2021.
@@ -15,14 +15,13 @@ References:
 """
 
 from keras_reg._compat import keras
-from keras_reg.training.core import installer, projection
+from keras_reg.training.core import projection, schedule
 from keras_reg.training.core.embedding import embedding_matrix, find_embedding_layer
-from keras_reg.training.core.regularizer import TrainingRegularizer, register
+from keras_reg.training.core.export import export
+from keras_reg.training.core.regularizer import TrainingRegularizer
 from keras_reg.validation import (
-    check_options,
     choice,
     non_negative_number,
-    positive_number,
 )
 
 ops = keras.ops
@@ -30,14 +29,14 @@ ops = keras.ops
 PER = ("occurrence", "row")
 
 
-@register
+@export("gradient_penalty", renamed={"epsilon": "weight"})
 class GradientPenalty(TrainingRegularizer):
     """Penalises the gradient of the loss with respect to the embeddings.
 
     With L the training loss of the batch (compiled loss with sample weights,
     plus the model's losses) the step optimizes
 
-        L + 0.5 * epsilon * ||dL/de||^2
+        L + 0.5 * weight * ||dL/de||^2
 
     where, with ``per="occurrence"`` (the source), e are the looked-up vectors,
     one per token occurrence (the gradient with respect to the embedding
@@ -49,23 +48,25 @@ class GradientPenalty(TrainingRegularizer):
     Args:
         embedding_name: Name of the embedding layer (``'Embedding-Token'`` in
             bert4keras's BERT).
-        epsilon: Weight of the penalty (the source uses 1).
+        weight: Weight of the penalty (the source uses 1), or a schedule of
+            the step (see `keras_reg.training.core.schedule`). ``epsilon=``
+            is a deprecated alias (removed in 0.3).
         per: ``"occurrence"`` or ``"row"``, see above.
 
     Example:
         >>> model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
-        >>> keras_reg.gradient_penalty(model, "Embedding-Token", epsilon=1.0)
+        >>> keras_reg.gradient_penalty(model, "Embedding-Token", weight=1.0)
         >>> model.fit(x, y)
     """
 
-    def __init__(self, embedding_name, epsilon=1.0, per="occurrence"):
+    def __init__(self, embedding_name, weight=1.0, per="occurrence"):
         if not isinstance(embedding_name, str) or not embedding_name:
             raise ValueError(
                 "`embedding_name` must be the name of an embedding layer, received "
                 f"embedding_name={embedding_name!r}."
             )
         self.embedding_name = embedding_name
-        self.epsilon = positive_number("epsilon", epsilon, example=1.0)
+        self.weight = schedule.strength("weight", weight, example=1.0)
         self.per = choice("per", per, PER)
 
     def validate(self, model):
@@ -95,19 +96,19 @@ class GradientPenalty(TrainingRegularizer):
             # The matrix gradient of the global loss (summed over replicas).
             gradients = step.penalty_gradients([embedding_matrix(layer)])
             squared = sum(step.squared_norm(g) for g in gradients)
-        penalty = 0.5 * self.epsilon * squared
+        penalty = squared * schedule.current(step, self.weight) * 0.5
         step.log("gradient_penalty", penalty)
         return step.loss_plus(penalty)
 
     def get_config(self):
         return {
             "embedding_name": self.embedding_name,
-            "epsilon": self.epsilon,
+            "weight": schedule.serialize(self.weight),
             "per": self.per,
         }
 
 
-@register
+@export("parameter_gradient_penalty")
 class ParameterGradientPenalty(TrainingRegularizer):
     """Penalises the gradient of the loss with respect to the weights.
 
@@ -118,7 +119,8 @@ class ParameterGradientPenalty(TrainingRegularizer):
     gradients are summed per row first, so the norm is the dense one.
 
     Args:
-        weight: Factor of the squared gradient norm.
+        weight: Factor of the squared gradient norm, or a schedule of the
+            step (see `keras_reg.training.core.schedule`).
         layers: Names of the layers whose trainable weights enter the norm;
             None: every trainable weight of the model.
 
@@ -127,7 +129,7 @@ class ParameterGradientPenalty(TrainingRegularizer):
     """
 
     def __init__(self, weight, layers=None):
-        self.weight = positive_number("weight", weight, example=0.01)
+        self.weight = schedule.strength("weight", weight, example=0.01)
         if layers is not None:
             if isinstance(layers, str) or not all(
                 isinstance(name, str) for name in layers
@@ -168,15 +170,16 @@ class ParameterGradientPenalty(TrainingRegularizer):
 
     def regularized_loss(self, step):
         variables = self.watched_variables(step.model)
-        loss, penalty = step.loss_plus_gradient_norm(variables, self.weight)
+        weight = schedule.current(step, self.weight)
+        loss, penalty = step.loss_plus_gradient_norm(variables, weight)
         step.log("gradient_penalty", penalty)
         return loss
 
     def get_config(self):
-        return {"weight": self.weight, "layers": self.layers}
+        return {"weight": schedule.serialize(self.weight), "layers": self.layers}
 
 
-@register
+@export("input_gradient_penalty")
 class InputGradientPenalty(TrainingRegularizer):
     """Penalises the gradient of the model's output with respect to its inputs.
 
@@ -197,7 +200,8 @@ class InputGradientPenalty(TrainingRegularizer):
         https://kexue.fm/archives/6051
 
     Args:
-        weight: Factor of the penalty.
+        weight: Factor of the penalty, or a schedule of the step (see
+            `keras_reg.training.core.schedule`).
         target: None, or the gradient norm to pull towards (e.g. 1.0).
         seed: Seed of the projections' signs.
 
@@ -206,7 +210,7 @@ class InputGradientPenalty(TrainingRegularizer):
     """
 
     def __init__(self, weight, target=None, seed=None):
-        self.weight = positive_number("weight", weight, example=1.0)
+        self.weight = schedule.strength("weight", weight, example=1.0)
         if target is not None:
             target = non_negative_number("target", target, example=1.0)
         self.target = target
@@ -256,12 +260,16 @@ class InputGradientPenalty(TrainingRegularizer):
         else:
             norm = ops.sqrt(per_example + 1e-12)
             penalty = step.global_mean(ops.mean(ops.square(norm - self.target)))
-        penalty = self.weight * penalty
+        penalty = penalty * schedule.current(step, self.weight)
         step.log("input_gradient_penalty", penalty)
         return step.loss_plus(penalty)
 
     def get_config(self):
-        return {"weight": self.weight, "target": self.target, "seed": self.seed}
+        return {
+            "weight": schedule.serialize(self.weight),
+            "target": self.target,
+            "seed": self.seed,
+        }
 
 
 def _per_example_squares(gradient):
@@ -269,51 +277,3 @@ def _per_example_squares(gradient):
     gradient = ops.cast(gradient, "float32")
     axes = tuple(range(1, len(gradient.shape)))
     return ops.sum(ops.square(gradient), axis=axes) if axes else ops.square(gradient)
-
-
-@check_options
-def input_gradient_penalty(model, weight, target=None, seed=None):
-    """Trains a compiled model on L + weight * mean ||grad_x f||^2 (or WGAN-GP form).
-
-    See `InputGradientPenalty`. One line after ``compile``.
-
-    Returns:
-        ``model``.
-
-    Example:
-        >>> keras_reg.input_gradient_penalty(model, weight=0.1)
-    """
-    regularizer = InputGradientPenalty(weight, target=target, seed=seed)
-    return installer.install(model, regularizer)
-
-
-@check_options
-def gradient_penalty(model, embedding_name, epsilon=1.0, per="occurrence"):
-    """Trains a compiled model on L + 0.5 * epsilon * ||dL/d embeddings||^2.
-
-    See `GradientPenalty`. One line after ``compile``.
-
-    Returns:
-        ``model``.
-
-    Example:
-        >>> keras_reg.gradient_penalty(model, "Embedding-Token", epsilon=1.0)
-    """
-    regularizer = GradientPenalty(embedding_name, epsilon=epsilon, per=per)
-    return installer.install(model, regularizer)
-
-
-@check_options
-def parameter_gradient_penalty(model, weight, layers=None):
-    """Trains a compiled model on L + weight * ||dL/dtheta||^2.
-
-    See `ParameterGradientPenalty`. One line after ``compile``.
-
-    Returns:
-        ``model``.
-
-    Example:
-        >>> keras_reg.parameter_gradient_penalty(model, weight=0.01)
-    """
-    regularizer = ParameterGradientPenalty(weight, layers=layers)
-    return installer.install(model, regularizer)

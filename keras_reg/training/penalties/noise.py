@@ -31,16 +31,17 @@ References:
 """
 
 from keras_reg._compat import keras
-from keras_reg.training.core import installer, projection
+from keras_reg.training.core import projection, schedule
 from keras_reg.training.core.divergence import loss_family, loss_name
 from keras_reg.training.core.embedding import find_embedding_layer
-from keras_reg.training.core.regularizer import TrainingRegularizer, register
-from keras_reg.validation import boolean, check_options, positive_number
+from keras_reg.training.core.export import export
+from keras_reg.training.core.regularizer import TrainingRegularizer
+from keras_reg.validation import boolean
 
 ops = keras.ops
 
 
-@register
+@export("noise_training")
 class NoiseTraining(TrainingRegularizer):
     """Gaussian noise on the embedded sequence or the inputs, or its penalty.
 
@@ -57,7 +58,8 @@ class NoiseTraining(TrainingRegularizer):
     Args:
         embedding_name: The embedding layer whose output gets the noise, or
             None for the model's float inputs.
-        stddev: Standard deviation of the noise.
+        stddev: Standard deviation of the noise, or a schedule of the step
+            (see `keras_reg.training.core.schedule`).
         integrated: Train on the second-order penalty instead of noisy passes.
         seed: Seed of the noise (or of the projections' signs).
 
@@ -75,7 +77,7 @@ class NoiseTraining(TrainingRegularizer):
                 f"(the float inputs), received embedding_name={embedding_name!r}."
             )
         self.embedding_name = embedding_name
-        self.stddev = positive_number("stddev", stddev, example=0.1)
+        self.stddev = schedule.strength("stddev", stddev, example=0.1)
         self.integrated = boolean("integrated", integrated)
         self.seed = seed
         self.generator = keras.random.SeedGenerator(seed)
@@ -124,8 +126,9 @@ class NoiseTraining(TrainingRegularizer):
 
     def _noisy(self, value, step):
         seed = step.seed(self.generator)
+        stddev = schedule.current(step, self.stddev)
         noise = step.draw_per_example(
-            lambda shape: keras.random.normal(shape, stddev=self.stddev, seed=seed),
+            lambda shape: keras.random.normal(shape, seed=seed) * stddev,
             ops.shape(value),
         )
         return value + ops.cast(noise, value.dtype)
@@ -160,14 +163,15 @@ class NoiseTraining(TrainingRegularizer):
         # divide by the global batch size.
         batch = ops.cast(ops.shape(y_pred)[0] * step.replicas(), "float32")
         squared = step.global_sum(sum(step.squared_norm(g) for g in gradients))
-        penalty = 0.5 * self.stddev**2 * squared / batch
+        stddev = schedule.current(step, self.stddev)
+        penalty = squared * stddev * stddev * 0.5 / batch
         step.log("noise_penalty", penalty)
         return step.loss_plus(penalty)
 
     def get_config(self):
         return {
             "embedding_name": self.embedding_name,
-            "stddev": self.stddev,
+            "stddev": schedule.serialize(self.stddev),
             "integrated": self.integrated,
             "seed": self.seed,
         }
@@ -196,21 +200,3 @@ def _check_float_inputs(model, name):
             f"name instead, e.g. {name}('Embedding-Token', ...), to act on the "
             "embedded sequence."
         )
-
-
-@check_options
-def noise_training(model, embedding_name=None, stddev=0.1, integrated=False, seed=None):
-    """Trains a compiled model with Gaussian noise (or its integrated penalty).
-
-    See `NoiseTraining`. One line after ``compile``.
-
-    Returns:
-        ``model``.
-
-    Example:
-        >>> keras_reg.noise_training(model, "Embedding-Token", stddev=0.1)
-    """
-    regularizer = NoiseTraining(
-        embedding_name, stddev=stddev, integrated=integrated, seed=seed
-    )
-    return installer.install(model, regularizer)

@@ -9,15 +9,16 @@ Reference:
 """
 
 from keras_reg._compat import keras
-from keras_reg.training.core import installer
+from keras_reg.training.core import schedule
 from keras_reg.training.core.divergence import KINDS, output_kind, symmetric_kl
-from keras_reg.training.core.regularizer import TrainingRegularizer, register
-from keras_reg.validation import check_options, choice, positive_number
+from keras_reg.training.core.export import export
+from keras_reg.training.core.regularizer import TrainingRegularizer
+from keras_reg.validation import choice
 
 ops = keras.ops
 
 
-@register
+@export("r_drop", renamed={"alpha": "weight"})
 class RDrop(TrainingRegularizer):
     """R-Drop (Liang et al. 2021): consistency between two dropout masks.
 
@@ -25,11 +26,12 @@ class RDrop(TrainingRegularizer):
     metrics); one more training pass of the same batch, with an independent
     dropout mask, gives P2 and L2. The step optimizes
 
-        (L1 + L2) / 2 + (alpha / 4) * mean_i [KL(P1_i || P2_i) + KL(P2_i || P1_i)]
+        (L1 + L2) / 2 + (weight / 4) * mean_i [KL(P1_i || P2_i) + KL(P2_i || P1_i)]
 
     which is half the paper's per-example objective L_NLL(P1) + L_NLL(P2) +
-    alpha * (KL(P1||P2) + KL(P2||P1)) / 2, so the paper's alpha carries over;
-    bert4keras's ``crossentropy_with_rdrop`` is the same loss (alpha = 4 there).
+    alpha * (KL(P1||P2) + KL(P2||P1)) / 2, so the paper's alpha carries over
+    as ``weight``; bert4keras's ``crossentropy_with_rdrop`` is the same loss
+    (weight = 4 there).
     Gradients flow through both passes. The KL is the plain batch mean (sample
     weights weight L1 and L2 only). ``rdrop_kl`` in the logs is the symmetric
     KL, mean_i [KL(P1||P2) + KL(P2||P1)].
@@ -41,18 +43,21 @@ class RDrop(TrainingRegularizer):
     0: exactly the plain step.
 
     Args:
-        alpha: Weight of the KL term (paper: 0.3 to 5 by task; bert4keras 4).
+        weight: Weight of the KL term, the paper's alpha (paper: 0.3 to 5 by
+            task; bert4keras 4), or a schedule of the step (see
+            `keras_reg.training.core.schedule`). ``alpha=`` is a deprecated
+            alias (removed in 0.3).
         predictions: None (infer from the compiled loss), ``"probabilities"``
             or ``"logits"``.
 
     Example:
         >>> model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
-        >>> keras_reg.r_drop(model, alpha=4.0)
+        >>> keras_reg.r_drop(model, weight=4.0)
         >>> model.fit(x, y)          # each batch once: no duplication needed
     """
 
-    def __init__(self, alpha=4.0, predictions=None):
-        self.alpha = positive_number("alpha", alpha, example=4.0)
+    def __init__(self, weight=4.0, predictions=None):
+        self.weight = schedule.strength("weight", weight, example=4.0)
         if predictions is not None:
             choice("predictions", predictions, KINDS)
         self.predictions = predictions
@@ -78,23 +83,12 @@ class RDrop(TrainingRegularizer):
         symmetric = step.global_mean(symmetric_kl(step.y_pred, y_pred, kind))
         step.log("rdrop_kl", symmetric)
         mean = (step.loss + ops.cast(loss, step.loss.dtype)) * 0.5
-        term = symmetric * (self.alpha / 4.0) / step.replicas()
+        weight = schedule.current(step, self.weight)
+        term = symmetric * (weight / 4.0) / step.replicas()
         return mean + ops.cast(term, mean.dtype)
 
     def get_config(self):
-        return {"alpha": self.alpha, "predictions": self.predictions}
-
-
-@check_options
-def r_drop(model, alpha=4.0, predictions=None):
-    """Trains a compiled model with R-Drop (two dropout passes per batch).
-
-    See `RDrop`. One line after ``compile``; the batches are not duplicated.
-
-    Returns:
-        ``model``.
-
-    Example:
-        >>> keras_reg.r_drop(model, alpha=4.0)
-    """
-    return installer.install(model, RDrop(alpha=alpha, predictions=predictions))
+        return {
+            "weight": schedule.serialize(self.weight),
+            "predictions": self.predictions,
+        }

@@ -23,13 +23,13 @@ References:
 
 from keras_reg._compat import keras
 from keras_reg.backend import keras_internals
-from keras_reg.training.core import installer
-from keras_reg.training.core.regularizer import TrainingRegularizer, register
+from keras_reg.training.core import schedule
+from keras_reg.training.core.export import export, warn_deprecated
+from keras_reg.training.core.regularizer import TrainingRegularizer
 from keras_reg.validation import (
     boolean,
-    check_options,
+    integer_argument,
     non_negative_number,
-    positive_number,
 )
 
 ops = keras.ops
@@ -116,7 +116,7 @@ class _WeightPerturbation(TrainingRegularizer):
         variables = self.watched_variables(step.model)
         gradients = _unscaled_gradients(step, variables)
         values = [ops.stop_gradient(_float32(v)) for v in variables]
-        deltas = self.perturbations(variables, values, gradients)
+        deltas = self.perturbations(variables, values, gradients, step)
         frozen = [] if self.update_batch_norm else _batch_norm_statistics(step.model)
         perturbed = step.loss_with_weight_perturbations(
             list(zip(variables, deltas)), frozen=frozen
@@ -124,13 +124,15 @@ class _WeightPerturbation(TrainingRegularizer):
         step.log("sharpness", _float32(perturbed) - _float32(step.clean_loss()))
         return perturbed
 
-    def perturbations(self, variables, values, gradients):
+    def perturbations(self, variables, values, gradients, step):
         """Returns e(w), one float32 tensor per variable.
 
         Args:
             variables: The perturbed variables.
             values: The variables' current values (float32 constants).
             gradients: dL/dw at those values (float32, unscaled).
+            step: The `keras_reg.backend.base.Step` in progress (for the
+                current value of a scheduled strength).
         """
         raise NotImplementedError
 
@@ -140,7 +142,7 @@ def _no_nan(condition, values):
     return [ops.where(condition, v, ops.zeros_like(v)) for v in values]
 
 
-@register
+@export("sharpness_aware_minimization")
 class SAM(_WeightPerturbation):
     """Sharpness-aware minimisation (Foret et al. 2021), and ASAM (Kwon et al. 2021).
 
@@ -168,7 +170,8 @@ class SAM(_WeightPerturbation):
     Args:
         rho: Radius of the neighbourhood. Default (None): 0.05 for SAM (the
             SAM paper's usual value), 0.5 for ASAM (the ASAM paper's CIFAR
-            value; use 1.0 on ImageNet-sized problems).
+            value; use 1.0 on ImageNet-sized problems). Or a schedule of the
+            step (see `keras_reg.training.core.schedule`).
         adaptive: ASAM: scale the neighbourhood by |w| + eta.
         eta: ASAM's offset keeping T positive at w = 0 (paper: 0.01).
         update_batch_norm: Let the perturbed pass update BatchNormalization's
@@ -185,13 +188,14 @@ class SAM(_WeightPerturbation):
         self.adaptive = boolean("adaptive", adaptive)
         if rho is None:
             rho = 0.5 if self.adaptive else 0.05
-        self.rho = positive_number("rho", rho, example=0.05)
+        self.rho = schedule.strength("rho", rho, example=0.05)
         self.eta = non_negative_number("eta", eta, example=0.01)
 
     def watched_variables(self, model):
         return list(model.trainable_variables)
 
-    def perturbations(self, variables, values, gradients):
+    def perturbations(self, variables, values, gradients, step):
+        rho = schedule.current(step, self.rho)
         if self.adaptive:
             scales = [
                 ops.ones_like(w)
@@ -204,7 +208,7 @@ class SAM(_WeightPerturbation):
         scaled = [g if t is None else t * g for g, t in zip(gradients, scales)]
         norm = ops.sqrt(sum(ops.sum(ops.square(s)) for s in scaled))
         usable = ops.logical_and(ops.isfinite(norm), norm > 0)
-        factor = ops.divide_no_nan(ops.cast(self.rho, "float32"), norm)
+        factor = ops.divide_no_nan(ops.cast(rho, "float32"), norm)
         deltas = [
             (s if t is None else t * s) * factor for s, t in zip(scaled, scales)
         ]
@@ -212,14 +216,14 @@ class SAM(_WeightPerturbation):
 
     def get_config(self):
         return {
-            "rho": self.rho,
+            "rho": schedule.serialize(self.rho),
             "adaptive": self.adaptive,
             "eta": self.eta,
             "update_batch_norm": self.update_batch_norm,
         }
 
 
-@register
+@export("awp")
 class AWP(_WeightPerturbation):
     """Adversarial weight perturbation (Wu et al. 2020), on the batch's own inputs.
 
@@ -235,38 +239,45 @@ class AWP(_WeightPerturbation):
     perturbs nothing. The authors compute g on adversarial examples (PGD);
     here g is the gradient of the compiled loss on the batch as given.
 
-    ``start_epoch`` (the paper's warm-up) needs to know the epoch, which only
-    a callback sees: train with ``keras_reg.callbacks.RegularizationScope(
-    AWP(..., start_epoch=k))``; epochs before ``k`` are plain steps. As
-    `SAM`, BatchNormalization statistics keep the clean pass's update unless
-    ``update_batch_norm=True``; ``sharpness`` in the logs is L(w + e) - L(w).
+    The paper's warm-up (plain epochs first) is the scope's: train with
+    ``keras_reg.callbacks.RegularizationScope(AWP(...), start_epoch=k)``;
+    epochs before ``k`` are plain steps. As `SAM`, BatchNormalization
+    statistics keep the clean pass's update unless ``update_batch_norm=True``;
+    ``sharpness`` in the logs is L(w + e) - L(w).
 
     Args:
         gamma: Relative size of the perturbation of each tensor (paper: 5e-3
-            for adversarial training on CIFAR-10).
+            for adversarial training on CIFAR-10), or a schedule of the step
+            (see `keras_reg.training.core.schedule`).
         layers: Names of the layers whose kernels are perturbed; None: every
             trainable weight with two or more axes.
-        start_epoch: First epoch (0-based, as ``fit`` counts) with AWP.
         update_batch_norm: Let the perturbed pass update BatchNormalization's
             moving statistics too.
+        start_epoch: Deprecated (removed in 0.3): the first epoch with AWP,
+            which a `keras_reg.callbacks.RegularizationScope` holding this AWP
+            takes as its own ``start_epoch``; pass it to the scope instead.
 
     Example:
         >>> keras_reg.awp(model, gamma=5e-3)
         >>> scope = keras_reg.callbacks.RegularizationScope(
-        ...     keras_reg.AWP(gamma=5e-3, start_epoch=2))
+        ...     keras_reg.AWP(gamma=5e-3), start_epoch=2)
         >>> model.fit(x, y, epochs=10, callbacks=[scope])
     """
 
-    def __init__(self, gamma=5e-3, layers=None, start_epoch=0, update_batch_norm=False):
+    def __init__(
+        self, gamma=5e-3, layers=None, update_batch_norm=False, *, start_epoch=None
+    ):
         super().__init__(update_batch_norm)
-        self.gamma = positive_number("gamma", gamma, example=5e-3)
+        self.gamma = schedule.strength("gamma", gamma, example=5e-3)
         self.layers = _check_layers(layers)
-        if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or (
-            start_epoch < 0
-        ):
-            raise ValueError(
-                "`start_epoch` must be an integer >= 0, received "
-                f"start_epoch={start_epoch!r}. Pass e.g. start_epoch=0."
+        if start_epoch is None:
+            start_epoch = 0
+        else:
+            start_epoch = integer_argument("start_epoch", start_epoch, 0, example=1)
+            warn_deprecated(
+                f"AWP(start_epoch={start_epoch}) is deprecated and will be removed "
+                "in 0.3: pass the warm-up to the scope, keras_reg.callbacks."
+                f"RegularizationScope(AWP(...), start_epoch={start_epoch})."
             )
         self.start_epoch = start_epoch
         self._epoch = None
@@ -279,83 +290,37 @@ class AWP(_WeightPerturbation):
         return [v for v in variables if len(v.shape) >= 2]
 
     def on_epoch_begin(self, epoch):
-        before = self._active()
         self._epoch = epoch
-        return before != self._active()
-
-    def _active(self):
-        if self.start_epoch == 0:
-            return True
-        return None if self._epoch is None else self._epoch >= self.start_epoch
+        return False
 
     def regularized_loss(self, step):
-        active = self._active()
-        if active is None:
+        if self.start_epoch and self._epoch is None:
             raise ValueError(
                 f"AWP(start_epoch={self.start_epoch}) needs to know the epoch, "
                 "which only a callback sees. Train with `model.fit(..., callbacks="
-                "[keras_reg.callbacks.RegularizationScope(AWP(...))])`, or pass "
-                "start_epoch=0."
+                "[keras_reg.callbacks.RegularizationScope(AWP(...), start_epoch="
+                f"{self.start_epoch})])`."
             )
-        if not active:
-            step.log("sharpness", ops.zeros((), "float32"))
-            return step.loss
         return super().regularized_loss(step)
 
-    def perturbations(self, variables, values, gradients):
+    def perturbations(self, variables, values, gradients, step):
         del variables
+        gamma = schedule.current(step, self.gamma)
         squares = [ops.sum(ops.square(g)) for g in gradients]
         usable = ops.isfinite(sum(squares))
         deltas = []
         for w, g, square in zip(values, gradients, squares):
             norm = ops.sqrt(square)
-            size = self.gamma * ops.sqrt(ops.sum(ops.square(w)))
+            size = ops.sqrt(ops.sum(ops.square(w))) * gamma
             deltas.append(g * ops.divide_no_nan(size, norm))
         return _no_nan(usable, deltas)
 
     def get_config(self):
-        return {
-            "gamma": self.gamma,
+        config = {
+            "gamma": schedule.serialize(self.gamma),
             "layers": self.layers,
-            "start_epoch": self.start_epoch,
             "update_batch_norm": self.update_batch_norm,
         }
-
-
-@check_options
-def sharpness_aware_minimization(
-    model, rho=None, adaptive=False, eta=0.01, update_batch_norm=False
-):
-    """Trains a compiled model with SAM (or ASAM with ``adaptive=True``).
-
-    See `SAM`. One line after ``compile``; `keras_reg.remove_regularization`
-    restores the plain step.
-
-    Returns:
-        ``model``.
-
-    Example:
-        >>> keras_reg.sharpness_aware_minimization(model, rho=0.05)
-        >>> keras_reg.sharpness_aware_minimization(model, adaptive=True)  # ASAM
-    """
-    regularizer = SAM(
-        rho=rho, adaptive=adaptive, eta=eta, update_batch_norm=update_batch_norm
-    )
-    return installer.install(model, regularizer)
-
-
-@check_options
-def awp(model, gamma=5e-3, layers=None, update_batch_norm=False):
-    """Trains a compiled model with adversarial weight perturbation.
-
-    See `AWP`. For a warm-up (``start_epoch``) use
-    ``keras_reg.callbacks.RegularizationScope(keras_reg.AWP(...))``.
-
-    Returns:
-        ``model``.
-
-    Example:
-        >>> keras_reg.awp(model, gamma=5e-3)
-    """
-    regularizer = AWP(gamma=gamma, layers=layers, update_batch_norm=update_batch_norm)
-    return installer.install(model, regularizer)
+        if self.start_epoch:
+            config["start_epoch"] = self.start_epoch
+        return config
