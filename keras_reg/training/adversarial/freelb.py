@@ -78,6 +78,9 @@ class FreeLB(TrainingRegularizer):
     def validate(self, model):
         check_embedding_and_loss(self, model)
 
+    def required_layers(self, model):
+        return [(find_embedding_layer(model, self.embedding_name), True)]
+
     def logged_terms(self):
         return ("adversarial_loss",)
 

@@ -71,6 +71,9 @@ class GradientPenalty(TrainingRegularizer):
     def validate(self, model):
         find_embedding_layer(model, self.embedding_name)
 
+    def required_layers(self, model):
+        return [(find_embedding_layer(model, self.embedding_name), True)]
+
     def logged_terms(self):
         return ("gradient_penalty",)
 
@@ -165,6 +168,11 @@ class ParameterGradientPenalty(TrainingRegularizer):
                 ) from error
             variables.extend(layer.trainable_variables)
         return variables
+
+    def required_layers(self, model):
+        if self.layers is None:
+            return []
+        return [(model.get_layer(name), False) for name in self.layers]
 
     def regularized_loss(self, step):
         variables = self.watched_variables(step.model)

@@ -278,6 +278,11 @@ class AWP(_WeightPerturbation):
             variables = _layer_variables(model, self.layers, "AWP")
         return [v for v in variables if len(v.shape) >= 2]
 
+    def required_layers(self, model):
+        if self.layers is None:
+            return []
+        return [(model.get_layer(name), False) for name in self.layers]
+
     def on_epoch_begin(self, epoch):
         before = self._active()
         self._epoch = epoch
