@@ -98,6 +98,37 @@ def non_negative_number(name, value, example):
     return float(value)
 
 
+def has_loss(model):
+    """Whether ``model`` was compiled with a loss (Keras 3 or tf_keras).
+
+    tf_keras records a compile without a loss as an empty container.
+    """
+    loss = getattr(model, "loss", None)
+    if loss is None:
+        return False
+    try:
+        return len(loss) > 0
+    except TypeError:  # a loss function or object
+        return True
+
+
+def require_loss(owner, model, example="sparse_categorical_crossentropy"):
+    """Raises a ValueError naming the fix unless ``model`` was compiled with a loss.
+
+    Args:
+        owner: The regulariser's name, used in the error message.
+        model: The compiled model.
+        example: A loss to suggest.
+    """
+    if not has_loss(model):
+        raise ValueError(
+            f"{owner} needs the model's training loss, but model "
+            f"{getattr(model, 'name', model)!r} was compiled without one. "
+            "Compile with a loss, e.g. `model.compile(optimizer='adam', "
+            f"loss={example!r})`."
+        )
+
+
 def choice(name, value, allowed):
     """Returns ``value`` after checking it is one of ``allowed``.
 

@@ -23,6 +23,7 @@ from keras_reg.validation import (
     choice,
     non_negative_number,
     positive_number,
+    require_loss,
 )
 
 ops = keras.ops
@@ -70,6 +71,7 @@ class GradientPenalty(TrainingRegularizer):
 
     def validate(self, model):
         find_embedding_layer(model, self.embedding_name)
+        require_loss("GradientPenalty", model)
 
     def required_layers(self, model):
         return [(find_embedding_layer(model, self.embedding_name), True)]
@@ -143,6 +145,7 @@ class ParameterGradientPenalty(TrainingRegularizer):
         self.layers = layers
 
     def validate(self, model):
+        require_loss("ParameterGradientPenalty", model)
         if not self.watched_variables(model):
             raise ValueError(
                 f"ParameterGradientPenalty found no trainable weight in model "
@@ -222,6 +225,7 @@ class InputGradientPenalty(TrainingRegularizer):
         self.generator = keras.random.SeedGenerator(seed)
 
     def validate(self, model):
+        require_loss("InputGradientPenalty", model, example="mse")
         inputs = getattr(model, "inputs", None) or []
         dtypes = [keras.backend.standardize_dtype(t.dtype) for t in inputs]
         if dtypes and not any(keras.backend.is_float_dtype(d) for d in dtypes):

@@ -12,7 +12,7 @@ from keras_reg._compat import keras
 from keras_reg.training.core import installer
 from keras_reg.training.core.divergence import KINDS, output_kind, symmetric_kl
 from keras_reg.training.core.regularizer import TrainingRegularizer, register
-from keras_reg.validation import check_options, choice, positive_number
+from keras_reg.validation import check_options, choice, positive_number, require_loss
 
 ops = keras.ops
 
@@ -58,13 +58,7 @@ class RDrop(TrainingRegularizer):
         self.predictions = predictions
 
     def validate(self, model):
-        if getattr(model, "loss", None) is None:
-            raise ValueError(
-                f"RDrop needs the model's training loss, but model {model.name!r} "
-                "was compiled without one. Compile with a loss, e.g. "
-                "`model.compile(optimizer='adam', "
-                "loss='sparse_categorical_crossentropy')`."
-            )
+        require_loss("RDrop", model)
         output_kind(model, self.predictions, who="RDrop")
 
     def logged_terms(self):

@@ -29,6 +29,7 @@ from keras_reg.validation import (
     check_options,
     non_negative_number,
     positive_number,
+    require_loss,
 )
 
 ops = keras.ops
@@ -96,13 +97,7 @@ class _WeightPerturbation(TrainingRegularizer):
         self.update_batch_norm = boolean("update_batch_norm", update_batch_norm)
 
     def validate(self, model):
-        if getattr(model, "loss", None) is None:
-            raise ValueError(
-                f"{type(self).__name__} needs the model's training loss, but model "
-                f"{model.name!r} was compiled without one. Compile with a loss, "
-                "e.g. `model.compile(optimizer='sgd', "
-                "loss='sparse_categorical_crossentropy')`."
-            )
+        require_loss(type(self).__name__, model)
         if not self.watched_variables(model):
             raise ValueError(
                 f"{self!r} found no weight to perturb in model {model.name!r}. "
