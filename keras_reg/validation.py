@@ -88,6 +88,28 @@ def positive_number(name, value, example):
     return float(value)
 
 
+# The largest float32 x whose square is finite.
+_SQUARABLE = float(np.sqrt(np.finfo(np.float32).max))
+
+
+def squarable(name, value, example):
+    """Returns ``value`` after checking that its square is a finite float32.
+
+    A radius is squared in the step (to compare norms); past ~1.8e19 its
+    square overflows to inf and the step can only produce NaN weights.
+
+    Raises:
+        ValueError: Naming the value, the bound and an example.
+    """
+    if abs(value) > _SQUARABLE:
+        raise ValueError(
+            f"`{name}` must be at most {_SQUARABLE:.3g} (its square must be a "
+            f"finite float32), received {name}={value!r}. Pass for example "
+            f"{name}={example}."
+        )
+    return value
+
+
 def non_negative_number(name, value, example):
     """Like `positive_number`, but 0 (which turns a term off) is accepted too."""
     if not (_is_finite_real(value) and value >= 0):

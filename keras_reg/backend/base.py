@@ -425,10 +425,15 @@ class Step(abc.ABC):
         """Returns the projection of ``perturbation`` onto ``||r||_F <= epsilon``.
 
         ``perturbation * min(1, epsilon / ||perturbation||)``, the norm over the
-        whole tensor (a sparse perturbation's rows, each once).
+        whole tensor (a sparse perturbation's rows, each once). The norm is
+        taken of the tensor divided by its largest entry, so a perturbation
+        whose squares overflow (a huge ascent step) is still projected.
         """
         ops = keras.ops
-        norm = ops.sqrt(ops.sum(ops.square(perturbation)))
+        peak = ops.max(ops.abs(perturbation))
+        norm = peak * ops.sqrt(
+            ops.sum(ops.square(ops.divide_no_nan(perturbation, peak)))
+        )
         epsilon = ops.cast(epsilon, perturbation.dtype)
         scale = ops.where(norm > epsilon, ops.divide_no_nan(epsilon, norm), 1.0)
         return perturbation * ops.cast(scale, perturbation.dtype)

@@ -30,6 +30,7 @@ from keras_reg.validation import (
     non_negative_number,
     positive_number,
     require_loss,
+    squarable,
 )
 
 ops = keras.ops
@@ -163,7 +164,8 @@ class SAM(_WeightPerturbation):
     Args:
         rho: Radius of the neighbourhood. Default (None): 0.05 for SAM (the
             SAM paper's usual value), 0.5 for ASAM (the ASAM paper's CIFAR
-            value; use 1.0 on ImageNet-sized problems).
+            value; use 1.0 on ImageNet-sized problems). At most ~1.8e19 (its
+            square must be a finite float32).
         adaptive: ASAM: scale the neighbourhood by |w| + eta.
         eta: ASAM's offset keeping T positive at w = 0 (paper: 0.01).
         update_batch_norm: Let the perturbed pass update BatchNormalization's
@@ -180,7 +182,7 @@ class SAM(_WeightPerturbation):
         self.adaptive = boolean("adaptive", adaptive)
         if rho is None:
             rho = 0.5 if self.adaptive else 0.05
-        self.rho = positive_number("rho", rho, example=0.05)
+        self.rho = squarable("rho", positive_number("rho", rho, example=0.05), 0.05)
         self.eta = non_negative_number("eta", eta, example=0.01)
 
     def watched_variables(self, model):
