@@ -1,4 +1,4 @@
-"""Regularisers of the training loss refuse, at install, a model compiled without one."""
+"""Regularisers of the training loss refuse a model compiled without one."""
 
 import numpy as np
 import pytest
