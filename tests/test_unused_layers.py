@@ -59,21 +59,25 @@ def _model():
     return model
 
 
-@pytest.mark.parametrize("name", sorted(UNUSED_EMBEDDING))
-def test_an_embedding_the_forward_pass_never_calls_is_an_error(name, rng):
-    model = _model()
-    keras_reg.install_regularizer(model, UNUSED_EMBEDDING[name]())
-    x, y, _ = models.batch(rng)
-    with pytest.raises(ValueError, match="'unused_emb' did not look anything up"):
-        model.fit(x, y, batch_size=len(x), verbose=0)
+CASES = {
+    **{
+        name: (factory, "'unused_emb' did not look anything up")
+        for name, factory in UNUSED_EMBEDDING.items()
+    },
+    **{
+        name: (factory, "'unused_dense' was not called")
+        for name, factory in UNUSED_LAYER.items()
+    },
+}
 
 
-@pytest.mark.parametrize("name", sorted(UNUSED_LAYER))
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_a_layer_the_forward_pass_never_calls_is_an_error(name, rng):
+    factory, message = CASES[name]
     model = _model()
-    keras_reg.install_regularizer(model, UNUSED_LAYER[name]())
+    keras_reg.install_regularizer(model, factory())
     x, y, _ = models.batch(rng)
-    with pytest.raises(ValueError, match="'unused_dense' was not called"):
+    with pytest.raises(ValueError, match=message):
         model.fit(x, y, batch_size=len(x), verbose=0)
 
 
