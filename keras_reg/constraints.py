@@ -20,7 +20,9 @@ class SpectralNorm(keras.constraints.Constraint):
     ``(kh * kw * in, out)``, the reshaping of Miyato et al. 2018; an
     ``Embedding`` table as ``(vocab, dim)``). If its largest singular value
     sigma exceeds ``max_value``, the whole weight is multiplied by
-    ``max_value / sigma``; otherwise it is left alone.
+    ``max_value / sigma``; otherwise it is left alone. A weight with a
+    non-finite entry (after a NaN batch) is returned unchanged, so the NaN
+    stays where the update put it.
 
     How sigma is computed, and why: a constraint is a stateless function of the
     weight (no persistent power-iteration vector can live in it on every
@@ -63,7 +65,10 @@ class SpectralNorm(keras.constraints.Constraint):
         w = ops.convert_to_tensor(w)
         _, upper = spectral.spectral_norm_bounds(w)
         scale = ops.minimum(1.0, self.max_value / ops.maximum(upper, 1e-30))
-        return w * ops.cast(scale, w.dtype)
+        # A weight with a non-finite entry has no singular values: leave it as
+        # it is (unconstrained Keras would), not NaN in every entry.
+        finite = ops.all(ops.isfinite(w))
+        return ops.where(finite, w * ops.cast(scale, w.dtype), w)
 
     def get_config(self):
         """Returns ``{"max_value": ...}``."""

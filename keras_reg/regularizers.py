@@ -175,7 +175,8 @@ def apply_weissi(model, weight=1e-3, direction_l1=0.0):
     ``kernel_regularizer`` on each layer that has one (Dense, convolutions,
     EinsumDense; built or not), so the model's ``losses`` carry
     ``weight * log prod_l ||W_l|| + ...`` and the model saves and loads with the
-    regulariser. Call it before ``compile``.
+    regulariser. Call it before or after ``compile``, or between two ``fit``
+    calls: the model's compiled train and test functions are rebuilt.
 
     Args:
         model: A Keras 3 model.
@@ -219,6 +220,11 @@ def apply_weissi(model, weight=1e-3, direction_l1=0.0):
         layer.kernel_regularizer = regularizer
         if layer.built:
             layer.kernel.regularizer = regularizer
+    # A model that has trained or evaluated holds compiled functions traced
+    # without the regulariser (TensorFlow, JAX): rebuild them at the next call.
+    for name in ("train_function", "test_function"):
+        if getattr(model, name, None) is not None:
+            setattr(model, name, None)
     return [layer.name for layer in layers]
 
 

@@ -97,6 +97,28 @@ def positive_number(name, value, example):
     return float(value)
 
 
+# The largest float32 x whose square is finite.
+_SQUARABLE = float(np.sqrt(np.finfo(np.float32).max))
+
+
+def squarable(name, value, example):
+    """Returns ``value`` after checking that its square is a finite float32.
+
+    A radius is squared in the step (to compare norms); past ~1.8e19 its
+    square overflows to inf and the step can only produce NaN weights.
+
+    Raises:
+        ValueError: Naming the value, the bound and an example.
+    """
+    if abs(value) > _SQUARABLE:
+        raise ValueError(
+            f"`{name}` must be at most {_SQUARABLE:.3g} (its square must be a "
+            f"finite float32), received {name}={value!r}. Pass for example "
+            f"{name}={example}."
+        )
+    return value
+
+
 def non_negative_number(name, value, example):
     """Like `positive_number`, but 0 (which turns a term off) is accepted too."""
     if not (_is_finite_real(value) and value >= 0):
@@ -105,6 +127,37 @@ def non_negative_number(name, value, example):
             f"Pass for example {name}={example}, or 0 to turn it off."
         )
     return float(value)
+
+
+def has_loss(model):
+    """Whether ``model`` was compiled with a loss (Keras 3 or tf_keras).
+
+    tf_keras records a compile without a loss as an empty container.
+    """
+    loss = getattr(model, "loss", None)
+    if loss is None:
+        return False
+    try:
+        return len(loss) > 0
+    except TypeError:  # a loss function or object
+        return True
+
+
+def require_loss(owner, model, example="sparse_categorical_crossentropy"):
+    """Raises a ValueError naming the fix unless ``model`` was compiled with a loss.
+
+    Args:
+        owner: The regulariser's name, used in the error message.
+        model: The compiled model.
+        example: A loss to suggest.
+    """
+    if not has_loss(model):
+        raise ValueError(
+            f"{owner} needs the model's training loss, but model "
+            f"{getattr(model, 'name', model)!r} was compiled without one. "
+            "Compile with a loss, e.g. `model.compile(optimizer='adam', "
+            f"loss={example!r})`."
+        )
 
 
 def choice(name, value, allowed):

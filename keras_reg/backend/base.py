@@ -23,6 +23,31 @@ def is_lookup(output, inputs):
     return in_shape is not None and len(output.shape) == len(in_shape) + 1
 
 
+def finite_or_zero(step, gradients):
+    """Returns ``gradients``, or zeros of their shapes if any entry is not finite.
+
+    A penalty on a non-finite gradient (a NaN label) must not spread NaN
+    further than the plain step does: squaring the NaN gradient and
+    differentiating it would carry NaN into every weight the gradient
+    depends on. Zeroed (with ``where``, whose zero cotangent stays zero),
+    the penalty adds nothing and the step is NaN exactly where the plain one
+    is; with mixed precision, the plain gradient's overflow still makes the
+    step non-finite, so a ``LossScaleOptimizer`` skips it as usual.
+    """
+    ops = keras.ops
+    usable = ops.isfinite(sum(step.squared_norm(g) for g in gradients))
+
+    def masked(gradient):
+        if gradient is None:
+            return None
+        if hasattr(gradient, "dense_shape"):  # tf.IndexedSlices
+            values = ops.where(usable, gradient.values, 0)
+            return type(gradient)(values, gradient.indices, gradient.dense_shape)
+        return ops.where(usable, gradient, ops.zeros_like(gradient))
+
+    return [masked(g) for g in gradients]
+
+
 class Step(abc.ABC):
     """One training step, as seen by a `keras_reg.training.TrainingRegularizer`.
 
@@ -425,10 +450,15 @@ class Step(abc.ABC):
         """Returns the projection of ``perturbation`` onto ``||r||_F <= epsilon``.
 
         ``perturbation * min(1, epsilon / ||perturbation||)``, the norm over the
-        whole tensor (a sparse perturbation's rows, each once).
+        whole tensor (a sparse perturbation's rows, each once). The norm is
+        taken of the tensor divided by its largest entry, so a perturbation
+        whose squares overflow (a huge ascent step) is still projected.
         """
         ops = keras.ops
-        norm = ops.sqrt(ops.sum(ops.square(perturbation)))
+        peak = ops.max(ops.abs(perturbation))
+        norm = peak * ops.sqrt(
+            ops.sum(ops.square(ops.divide_no_nan(perturbation, peak)))
+        )
         epsilon = ops.cast(epsilon, perturbation.dtype)
         scale = ops.where(norm > epsilon, ops.divide_no_nan(epsilon, norm), 1.0)
         return perturbation * ops.cast(scale, perturbation.dtype)
@@ -474,7 +504,7 @@ class Step(abc.ABC):
             ``(loss, penalty)``: the loss to optimize and the penalty's value
             (the global batch's: the term that `loss_plus` adds).
         """
-        gradients = self.penalty_gradients(variables)
+        gradients = finite_or_zero(self, self.penalty_gradients(variables))
         penalty = weight * sum(self.squared_norm(g) for g in gradients)
         return self.loss_plus(penalty), penalty
 

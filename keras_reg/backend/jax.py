@@ -260,16 +260,12 @@ class Step(stateless.Step):
         )
         self._keep_clean_pass(None, y_pred)
         gradients = [self._unscaled(g) for g in scaled]
-        direction = [
+        direction = base.finite_or_zero(self, [
             g if id(v) in chosen else jax.numpy.zeros_like(g)
             for v, g in zip(trainable, gradients)
-        ]
+        ])
         products = [self._unscaled(h) for h in product(direction)]
-        penalty = weight * sum(
-            self.squared_norm(g)
-            for v, g in zip(trainable, gradients)
-            if id(v) in chosen
-        )
+        penalty = weight * sum(self.squared_norm(g) for g in direction)
         total = [g + (2.0 * weight) * h for g, h in zip(gradients, products)]
         value = keras.ops.cast(loss, "float32") + penalty
         return self.linear_loss(value, trainable, total), penalty

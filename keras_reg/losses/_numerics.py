@@ -72,3 +72,15 @@ def log1p_sum_exp(x):
     """
     zeros = ops.zeros_like(x[..., :1])
     return ops.logsumexp(ops.concatenate([x, zeros], axis=-1), axis=-1)
+
+
+def concrete(x):
+    """Returns ``x`` as a NumPy array when its values are known now, else None.
+
+    Inside a traced function (TF graph or XLA, JAX jit) the labels are symbolic
+    and reading them raises; Keras on torch and eager TF/JAX give values.
+    """
+    try:
+        return ops.convert_to_numpy(x)
+    except (TypeError, NotImplementedError):  # JAX tracer, symbolic TF tensor
+        return None

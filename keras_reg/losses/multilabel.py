@@ -1,7 +1,12 @@
 """Multilabel "softmax + cross-entropy" (ZLPR) loss on dense 0/1 or soft labels."""
 
 from keras_reg._compat import keras
-from keras_reg.losses._numerics import log1p_sum_exp, promote_logits, safe_log
+from keras_reg.losses._numerics import (
+    concrete,
+    log1p_sum_exp,
+    promote_logits,
+    safe_log,
+)
 from keras_reg.validation import same_shape, shapes_match, static_shape
 
 ops = keras.ops
@@ -29,6 +34,20 @@ def _check_mask(mask, y_pred):
             f"it. Received: mask.shape={mask_shape}, y_pred.shape={pred_shape}. "
             "Pass a mask of shape (num_classes,) for the same classes in every "
             "example, or y_pred's shape for a mask per example."
+        )
+
+
+def _check_label_range(values):
+    """Rejects labels outside [0, 1] when their values are known (eager)."""
+    if values is None:
+        return
+    outside = (values < 0) | (values > 1)
+    if outside.any():
+        raise ValueError(
+            f"{_NAME} expects labels in [0, 1] (0/1, or soft labels); y_true "
+            f"holds {int(outside.sum())} value(s) outside it, e.g. "
+            f"{values[outside].ravel()[0]!r}. A label of 2 or -1 gives a finite "
+            "but meaningless loss. " + _DENSE_HINT
         )
 
 
@@ -85,10 +104,14 @@ def multilabel_categorical_crossentropy(y_true, y_pred, mask=None):
 
     Raises:
         ValueError: ``y_true`` and ``y_pred`` have different static shapes
-            (they would broadcast silently), or ``mask`` would broadcast
-            ``y_pred`` to a larger shape.
+            (they would broadcast silently), ``mask`` would broadcast
+            ``y_pred`` to a larger shape, or (values known: eager TensorFlow
+            or JAX, PyTorch) a label is outside ``[0, 1]``. Inside a compiled
+            function, where label values cannot be read, such a label gives
+            a finite but meaningless loss instead of this error.
     """
     y_pred = promote_logits(y_pred)
+    _check_label_range(concrete(y_true))
     y_true = ops.cast(y_true, y_pred.dtype)
     same_shape(_NAME, y_true, y_pred, hint=_DENSE_HINT)
     valid = ops.not_equal(y_pred, _NEG_INF)

@@ -3,7 +3,7 @@
 import numpy as np
 
 from keras_reg._compat import keras
-from keras_reg.losses._numerics import log1p_sum_exp, promote_logits
+from keras_reg.losses._numerics import concrete, log1p_sum_exp, promote_logits
 from keras_reg.validation import boolean, shapes_match, static_shape
 
 ops = keras.ops
@@ -18,18 +18,6 @@ _TRACED_RULE = (
     "Inside a compiled function (TF graph or XLA, JAX jit), where label values "
     "cannot be read, such a row gets a NaN loss instead of this error."
 )
-
-
-def _concrete(x):
-    """Returns ``x`` as a NumPy array when its values are known now, else None.
-
-    Inside a traced function (TF graph or XLA, JAX jit) the labels are symbolic
-    and reading them raises; Keras on torch and eager TF/JAX give values.
-    """
-    try:
-        return ops.convert_to_numpy(x)
-    except (TypeError, NotImplementedError):  # JAX tracer, symbolic TF tensor
-        return None
 
 
 def _check_label_dtype(y_true):
@@ -205,7 +193,7 @@ def sparse_multilabel_categorical_crossentropy(y_true, y_pred, mask_zero=False):
     """
     mask_zero = boolean("mask_zero", mask_zero, _MASK_ZERO_HINT)
     y_pred = promote_logits(y_pred)
-    values = _concrete(y_true)
+    values = concrete(y_true)
     y_true = ops.convert_to_tensor(y_true)
     dtype = _check_label_dtype(y_true)
     true_shape, pred_shape = static_shape(y_true), static_shape(y_pred)

@@ -2,6 +2,7 @@
 
 from keras_reg._compat import keras
 from keras_reg.training.core.embedding import find_embedding_layer
+from keras_reg.validation import require_loss
 
 ops = keras.ops
 
@@ -19,13 +20,7 @@ def embedding_name_argument(embedding_name):
 def check_embedding_and_loss(regularizer, model):
     """Checks that ``model`` has the embedding layer and a compiled loss."""
     find_embedding_layer(model, regularizer.embedding_name)
-    if getattr(model, "loss", None) is None:
-        raise ValueError(
-            f"{type(regularizer).__name__} needs the model's training loss, but "
-            f"model {model.name!r} was compiled without one. Compile with a "
-            "loss, e.g. `model.compile(optimizer='adam', "
-            "loss='sparse_categorical_crossentropy')`."
-        )
+    require_loss(type(regularizer).__name__, model)
 
 
 def clean_term_variables(model, matrix):

@@ -54,6 +54,7 @@ class FGM(TrainingRegularizer):
         epsilon: Norm of the perturbation of the whole matrix. The source post
             uses 1 for BERT fine-tuning (0.5 in some tasks). Or a schedule of
             the step, e.g. a ramp (see `keras_reg.training.core.schedule`).
+            At most ~1.8e19 (its square must be a finite float32).
         add_clean_loss: Optimize L(E) + L(E + delta) instead of L(E + delta).
 
     Example:
@@ -69,6 +70,9 @@ class FGM(TrainingRegularizer):
 
     def validate(self, model):
         check_embedding_and_loss(self, model)
+
+    def required_layers(self, model):
+        return [(find_embedding_layer(model, self.embedding_name), True)]
 
     def logged_terms(self):
         return ("adversarial_loss",)

@@ -69,7 +69,7 @@ class FreeLB(TrainingRegularizer):
     ):
         self.embedding_name = embedding_name_argument(embedding_name)
         self.epsilon = schedule.strength("epsilon", epsilon, example=1.0)
-        self.alpha = schedule.strength("alpha", alpha, example=0.3)
+        self.alpha = schedule.strength("alpha", alpha, example=0.3, squared=False)
         self.steps = integer_argument("steps", steps, minimum=1, example=3)
         self.init_scale = non_negative_number("init_scale", init_scale, example=0.1)
         self.seed = seed
@@ -77,6 +77,9 @@ class FreeLB(TrainingRegularizer):
 
     def validate(self, model):
         check_embedding_and_loss(self, model)
+
+    def required_layers(self, model):
+        return [(find_embedding_layer(model, self.embedding_name), True)]
 
     def logged_terms(self):
         return ("adversarial_loss",)

@@ -46,7 +46,9 @@ class PGD(FGM):
         embedding_name: Name of the embedding layer, e.g. ``'Embedding-Token'``.
         epsilon: Radius of the ball (norm of the whole matrix's perturbation),
             or a schedule of the step (see `keras_reg.training.core.schedule`).
-        alpha: Norm of each ascent step.
+        alpha: Norm of each ascent step. Any finite value: the projection
+            onto the ball is computed stably, so a huge ``alpha`` lands every
+            ascent step on the ball.
         steps: Number of ascent steps (>= 1).
         add_clean_loss: Optimize L(E) + L(E + r) instead of L(E + r).
 
@@ -59,7 +61,7 @@ class PGD(FGM):
         self, embedding_name, epsilon=1.0, alpha=0.3, steps=3, add_clean_loss=True
     ):
         super().__init__(embedding_name, epsilon=epsilon, add_clean_loss=add_clean_loss)
-        self.alpha = schedule.strength("alpha", alpha, example=0.3)
+        self.alpha = schedule.strength("alpha", alpha, example=0.3, squared=False)
         self.steps = integer_argument("steps", steps, minimum=1, example=3)
         self.add_clean_loss = boolean("add_clean_loss", add_clean_loss)
 

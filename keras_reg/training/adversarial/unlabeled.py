@@ -89,6 +89,16 @@ class UnlabeledSampler:
         self.batch_size = batch_size
         self.iterator = None
         self.arrays = None
+        if batch_size is not None and (unlabeled is None or _is_dataset(unlabeled)):
+            source = "no `unlabeled` data" if unlabeled is None else "a dataset"
+            raise ValueError(
+                f"`unlabeled_batch_size` sets how many examples are drawn from "
+                f"`unlabeled` arrays; received unlabeled_batch_size={batch_size} "
+                f"with {source}, where it would be ignored (the unlabelled batch "
+                "is then the `fit` batch's inputs, or the dataset's own batch). "
+                "Pass unlabeled=<arrays of inputs>, or leave "
+                "unlabeled_batch_size=None."
+            )
         if unlabeled is None:
             return
         if _is_dataset(unlabeled):

@@ -326,6 +326,7 @@ class VAT(TrainingRegularizer):
         config = dict(config)
         omitted = config.pop("unlabeled_omitted", False)
         if omitted and config.get("unlabeled") is None:
+            config.pop("unlabeled_batch_size", None)  # it sized the omitted draws
             warnings.warn(
                 "VAT.from_config: the saved VAT had unlabelled data, which is "
                 "never serialised; this VAT uses the `fit` batch's inputs as its "

@@ -20,6 +20,8 @@ import re
 import warnings
 
 from keras_reg._compat import keras
+from keras_reg.training.core.output_activation import linear_outputs
+from keras_reg.validation import has_loss
 
 ops = keras.ops
 
@@ -225,6 +227,9 @@ def output_kind(model, kind=None, warn=True, who="VAT"):
             mean probabilities, or logits with ``from_logits=True``. A model
             compiled without a loss (the source's unlabelled-only set-up)
             gets probabilities, as does an unrecognised loss (with a warning).
+            Where a functional or Sequential model's output layers have a
+            linear activation, probabilities are refused without a loss (the
+            term would train nothing) and warned about with one.
         warn: Warn when the loss is not recognised.
         who: The regulariser's name, for messages.
 
@@ -239,7 +244,18 @@ def output_kind(model, kind=None, warn=True, who="VAT"):
     if kind is not None:
         return kind
     loss = getattr(model, "loss", None)
-    if loss is None:
+    if not has_loss(model):
+        linear = linear_outputs(model) if warn else []
+        if linear:
+            raise ValueError(
+                f"Model {model.name!r} was compiled without a loss, so {who} "
+                "reads its outputs as class probabilities, but its output "
+                f"layer(s) {', '.join(map(repr, linear))} have a linear "
+                f"activation (logits, or a regression output): the {who} term "
+                "would be about 0 and train nothing. For class logits pass "
+                "predictions='logits'; for probabilities end the model with a "
+                "softmax."
+            )
         return "probabilities"
     losses = _flat_losses(loss)
     kinds = [_one_kind(one) for one in losses]
@@ -277,7 +293,19 @@ def output_kind(model, kind=None, warn=True, who="VAT"):
             stacklevel=4,
         )
         return chosen
-    return known.pop()
+    chosen = known.pop()
+    linear = linear_outputs(model) if warn and chosen == "probabilities" else []
+    if linear:
+        warnings.warn(
+            f"Model {model.name!r} is compiled with a loss that reads its "
+            f"outputs as probabilities (from_logits=False), but its output "
+            f"layer(s) {', '.join(map(repr, linear))} have a linear activation: "
+            f"they look like logits, and {who}'s KL of non-probabilities is "
+            "meaningless. Compile the loss with from_logits=True, pass "
+            "predictions='logits', or end the model with a softmax.",
+            stacklevel=4,
+        )
+    return chosen
 
 
 def loss_family(model):

@@ -32,6 +32,7 @@ import warnings
 from keras_reg import backend
 from keras_reg._compat import keras
 from keras_reg.backend import keras_internals
+from keras_reg.training.core.layer_calls import check_called, recorded_calls
 from keras_reg.training.core.regularizer import TrainingRegularizer
 
 _ATTRIBUTES = ("train_step", "compute_loss", "get_metrics_result")
@@ -82,6 +83,11 @@ class _Installation:
         lambda self, value: setattr(self._local, "data", value),
         doc="The batch of the step in progress (per thread).",
     )
+    calls = property(
+        lambda self: getattr(self._local, "calls", None),
+        lambda self, value: setattr(self._local, "calls", value),
+        doc="The required layers called so far in the step's pass (per thread).",
+    )
     training = property(
         lambda self: getattr(self._local, "training", False),
         lambda self, value: setattr(self._local, "training", value),
@@ -115,8 +121,10 @@ class _Installation:
         self.data = kwargs.get("data", args[-1] if args else None)
         inputs = self.regularizer.watches_inputs(self.model)
         scope = self.backend.step_scope(self.model, variables, args, layers, inputs)
-        with scope as recorder:
+        required = self.regularizer.required_layers(self.model)
+        with scope as recorder, recorded_calls(required) as calls:
             self.recorder = recorder
+            self.calls = (required, calls)
             self.training = True
             try:
                 logs = self.plain_train_step(*args, **kwargs)
@@ -127,6 +135,7 @@ class _Installation:
                 return logs
             finally:
                 self.recorder = None
+                self.calls = None
                 self.step = None
                 self.data = None
                 self.training = False
@@ -169,6 +178,8 @@ class _Installation:
             # The Keras guide's custom train_step: compute_loss(y=, y_pred=).
             x = _inputs_of(self.data)
             bound["x"] = x
+        if self.calls is not None:
+            check_called(*self.calls, self.regularizer)
         loss = self._clean_loss(bound)
         step = self.backend.Step(
             model=self.model,

@@ -58,6 +58,17 @@ class TrainingRegularizer(abc.ABC):
         del model
         return []
 
+    def required_layers(self, model):
+        """Returns ``(layer, lookup)`` pairs the step's forward pass must call.
+
+        A named layer the forward pass never calls would make the regulariser
+        a silent no-op: the step is refused with an error naming the layer
+        instead. With ``lookup`` the call must map ids to vectors (an
+        embedding lookup), see `keras_reg.backend.base.is_lookup`.
+        """
+        del model
+        return []
+
     def watches_inputs(self, model):
         """Whether the step must record gradients w.r.t. the batch's float inputs.
 

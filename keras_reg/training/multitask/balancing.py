@@ -15,6 +15,7 @@ from keras_reg._compat import keras
 from keras_reg.backend import task_losses
 from keras_reg.training.core.export import export
 from keras_reg.training.core.regularizer import TrainingRegularizer
+from keras_reg.training.multitask import task_gradients
 from keras_reg.training.multitask.task_gradients import (
     inverse,
     min_norm_weights,
@@ -350,12 +351,14 @@ def _check_distinct(names, model):
 
 def _shared_layer(model, name):
     try:
-        return model.get_layer(name)
+        layer = model.get_layer(name)
     except ValueError as error:
         raise ValueError(
             f"No layer named {name!r} in model {model.name!r} (shared_layer): "
             "name the last layer whose output every head reads."
         ) from error
+    task_gradients.check_upstream_of_outputs(model, layer)
+    return layer
 
 
 def _one_loss_message(model, names):

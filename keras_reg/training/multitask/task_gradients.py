@@ -20,6 +20,79 @@ def inverse(norm):
     return ops.where(norm > 0, 1.0 / ops.maximum(norm, 1e-30), ops.zeros_like(norm))
 
 
+def upstream_layers(tensor):
+    """Returns the ids of the layers a symbolic tensor is computed from.
+
+    Walks a functional model's graph (Keras 3 and tf_keras keep the layer
+    that made a symbolic tensor in ``_keras_history`` and its inputs in the
+    layer's inbound nodes).
+    """
+    found, stack, seen = set(), [tensor], set()
+    while stack:
+        current = stack.pop()
+        history = getattr(current, "_keras_history", None)
+        if history is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        layer, node_index = history[0], history[1]
+        found.add(id(layer))
+        nodes = getattr(layer, "_inbound_nodes", None) or []
+        if node_index >= len(nodes):
+            continue
+        node = nodes[node_index]
+        inputs = getattr(node, "input_tensors", None)
+        if inputs is None:
+            inputs = getattr(node, "keras_inputs", [])
+        stack.extend(_flat(inputs))
+    return found
+
+
+def _flat(structure):
+    """The leaves of nested lists, tuples and dicts (Keras 3 or tf_keras)."""
+    if isinstance(structure, dict):
+        structure = list(structure.values())
+    if isinstance(structure, (list, tuple)):
+        return [leaf for item in structure for leaf in _flat(item)]
+    return [structure]
+
+
+def check_upstream_of_outputs(model, layer):
+    """Raises unless ``layer`` is upstream of every output of a functional model.
+
+    A head's loss that does not read the shared layer's output has gradient 0
+    there: MGDA would give its task weight 0 (or fail). Subclassed models,
+    whose graph is not declared, are not checked.
+
+    Raises:
+        ValueError: Naming the outputs that do not read the layer, and the
+            layers every output reads.
+    """
+    outputs = _flat(getattr(model, "outputs", None) or [])
+    if len(outputs) < 2 or not all(hasattr(o, "_keras_history") for o in outputs):
+        return
+    upstream = [upstream_layers(output) for output in outputs]
+    missing = [
+        getattr(output._keras_history[0], "name", repr(output))
+        for output, found in zip(outputs, upstream)
+        if id(layer) not in found
+    ]
+    if not missing:
+        return
+    common = set.intersection(*upstream)
+    shared = [
+        other.name
+        for other in model.layers
+        if id(other) in common and other.weights
+    ]
+    raise ValueError(
+        f"shared_layer={layer.name!r} is not upstream of every task's output: "
+        f"output(s) {', '.join(map(repr, missing))} do not read it, so their "
+        "loss has no gradient there and the balancing would weigh them 0. "
+        "Name the last layer every head reads"
+        + (f": one of {', '.join(map(repr, shared))}." if shared else ".")
+    )
+
+
 def representation_gradients(step, layer_name, count):
     """Returns grad_h L_i for each task i, h the shared layer's output (constants).
 

@@ -22,6 +22,7 @@ from keras_reg.training.core.regularizer import TrainingRegularizer
 from keras_reg.validation import (
     choice,
     non_negative_number,
+    require_loss,
 )
 
 ops = keras.ops
@@ -71,6 +72,10 @@ class GradientPenalty(TrainingRegularizer):
 
     def validate(self, model):
         find_embedding_layer(model, self.embedding_name)
+        require_loss("GradientPenalty", model)
+
+    def required_layers(self, model):
+        return [(find_embedding_layer(model, self.embedding_name), True)]
 
     def logged_terms(self):
         return ("gradient_penalty",)
@@ -142,6 +147,7 @@ class ParameterGradientPenalty(TrainingRegularizer):
         self.layers = layers
 
     def validate(self, model):
+        require_loss("ParameterGradientPenalty", model)
         if not self.watched_variables(model):
             raise ValueError(
                 f"ParameterGradientPenalty found no trainable weight in model "
@@ -167,6 +173,11 @@ class ParameterGradientPenalty(TrainingRegularizer):
                 ) from error
             variables.extend(layer.trainable_variables)
         return variables
+
+    def required_layers(self, model):
+        if self.layers is None:
+            return []
+        return [(model.get_layer(name), False) for name in self.layers]
 
     def regularized_loss(self, step):
         variables = self.watched_variables(step.model)
@@ -218,6 +229,7 @@ class InputGradientPenalty(TrainingRegularizer):
         self.generator = keras.random.SeedGenerator(seed)
 
     def validate(self, model):
+        require_loss("InputGradientPenalty", model, example="mse")
         inputs = getattr(model, "inputs", None) or []
         dtypes = [keras.backend.standardize_dtype(t.dtype) for t in inputs]
         if dtypes and not any(keras.backend.is_float_dtype(d) for d in dtypes):

@@ -104,6 +104,11 @@ class NoiseTraining(TrainingRegularizer):
             return [find_embedding_layer(model, self.embedding_name)]
         return []
 
+    def required_layers(self, model):
+        if self.embedding_name is None:
+            return []
+        return [(find_embedding_layer(model, self.embedding_name), True)]
+
     def watches_inputs(self, model):
         return self.integrated and self.embedding_name is None
 

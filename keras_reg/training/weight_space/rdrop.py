@@ -13,7 +13,7 @@ from keras_reg.training.core import schedule
 from keras_reg.training.core.divergence import KINDS, output_kind, symmetric_kl
 from keras_reg.training.core.export import export
 from keras_reg.training.core.regularizer import TrainingRegularizer
-from keras_reg.validation import choice
+from keras_reg.validation import choice, require_loss
 
 ops = keras.ops
 
@@ -63,13 +63,7 @@ class RDrop(TrainingRegularizer):
         self.predictions = predictions
 
     def validate(self, model):
-        if getattr(model, "loss", None) is None:
-            raise ValueError(
-                f"RDrop needs the model's training loss, but model {model.name!r} "
-                "was compiled without one. Compile with a loss, e.g. "
-                "`model.compile(optimizer='adam', "
-                "loss='sparse_categorical_crossentropy')`."
-            )
+        require_loss("RDrop", model)
         output_kind(model, self.predictions, who="RDrop")
 
     def logged_terms(self):

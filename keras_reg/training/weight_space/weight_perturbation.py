@@ -30,6 +30,7 @@ from keras_reg.validation import (
     boolean,
     integer_argument,
     non_negative_number,
+    require_loss,
 )
 
 ops = keras.ops
@@ -96,13 +97,7 @@ class _WeightPerturbation(TrainingRegularizer):
         self.update_batch_norm = boolean("update_batch_norm", update_batch_norm)
 
     def validate(self, model):
-        if getattr(model, "loss", None) is None:
-            raise ValueError(
-                f"{type(self).__name__} needs the model's training loss, but model "
-                f"{model.name!r} was compiled without one. Compile with a loss, "
-                "e.g. `model.compile(optimizer='sgd', "
-                "loss='sparse_categorical_crossentropy')`."
-            )
+        require_loss(type(self).__name__, model)
         if not self.watched_variables(model):
             raise ValueError(
                 f"{self!r} found no weight to perturb in model {model.name!r}. "
@@ -170,8 +165,9 @@ class SAM(_WeightPerturbation):
     Args:
         rho: Radius of the neighbourhood. Default (None): 0.05 for SAM (the
             SAM paper's usual value), 0.5 for ASAM (the ASAM paper's CIFAR
-            value; use 1.0 on ImageNet-sized problems). Or a schedule of the
-            step (see `keras_reg.training.core.schedule`).
+            value; use 1.0 on ImageNet-sized problems). At most ~1.8e19 (its
+            square must be a finite float32). Or a schedule of the step (see
+            `keras_reg.training.core.schedule`).
         adaptive: ASAM: scale the neighbourhood by |w| + eta.
         eta: ASAM's offset keeping T positive at w = 0 (paper: 0.01).
         update_batch_norm: Let the perturbed pass update BatchNormalization's
@@ -288,6 +284,11 @@ class AWP(_WeightPerturbation):
         else:
             variables = _layer_variables(model, self.layers, "AWP")
         return [v for v in variables if len(v.shape) >= 2]
+
+    def required_layers(self, model):
+        if self.layers is None:
+            return []
+        return [(model.get_layer(name), False) for name in self.layers]
 
     def on_epoch_begin(self, epoch):
         self._epoch = epoch

@@ -1,0 +1,67 @@
+"""Logits or regression outputs that a divergence would read as probabilities."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import keras_reg
+from keras_reg._compat import keras
+
+pytestmark = pytest.mark.backends("tensorflow", "jax", "torch")
+
+
+def _model(activation, loss=None):
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(8, activation="relu")(inputs)
+    head = keras.layers.Dense(3, activation=activation, name="head")
+    model = keras.Model(inputs, head(h))
+    model.compile(optimizer="sgd", loss=loss)
+    return model
+
+
+VAT_WITHOUT_LOSS = {
+    "vat": lambda **kw: keras_reg.VAT(None, epsilon=0.5, **kw),
+}
+
+
+@pytest.mark.parametrize("name", sorted(VAT_WITHOUT_LOSS))
+def test_logits_without_a_loss_or_predictions_are_refused(name):
+    with pytest.raises(ValueError, match=r"'head' have a linear.*predictions='logits'"):
+        keras_reg.install_regularizer(_model(None), VAT_WITHOUT_LOSS[name]())
+
+
+@pytest.mark.parametrize("name", sorted(VAT_WITHOUT_LOSS))
+def test_logits_declared_or_probabilities_are_accepted(name, recwarn):
+    keras_reg.install_regularizer(
+        _model(None), VAT_WITHOUT_LOSS[name](predictions="logits")
+    )
+    model = _model("softmax")
+    keras_reg.install_regularizer(model, VAT_WITHOUT_LOSS[name]())
+    model.fit(np.random.default_rng(0).normal(size=(8, 4)).astype("float32"), verbose=0)
+
+
+PROBABILITY_LOSS = {
+    "r_drop": lambda: keras_reg.RDrop(),
+    "vat": lambda: keras_reg.VAT(None, epsilon=0.5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROBABILITY_LOSS))
+def test_a_probability_loss_on_logits_warns_at_install(name):
+    model = _model(None, loss="sparse_categorical_crossentropy")
+    match = r"'head' have a linear activation.*from_logits=True"
+    with pytest.warns(UserWarning, match=match):
+        keras_reg.install_regularizer(model, PROBABILITY_LOSS[name]())
+
+
+@pytest.mark.parametrize("name", sorted(PROBABILITY_LOSS))
+def test_a_matching_loss_installs_quietly(name):
+    for activation, loss in [
+        ("softmax", "sparse_categorical_crossentropy"),
+        (None, keras.losses.SparseCategoricalCrossentropy(from_logits=True)),
+    ]:
+        model = _model(activation, loss=loss)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            keras_reg.install_regularizer(model, PROBABILITY_LOSS[name]())
