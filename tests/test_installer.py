@@ -328,7 +328,7 @@ def test_install_errors_name_the_fix():
         )
     with pytest.raises(TypeError, match=r"the class FGM"):
         keras_reg.install_regularizer(model, keras_reg.FGM)
-    with pytest.raises(ValueError, match="expects a Keras model, received None"):
+    with pytest.raises(TypeError, match="expects a Keras model .* received model=None"):
         keras_reg.remove_regularization(None)
     with pytest.raises(TypeError, match=r"keras_reg.FGM\("):
         keras_reg.callbacks.RegularizationScope("FGM")
@@ -338,6 +338,15 @@ def test_install_errors_name_the_fix():
     no_loss.compile(optimizer="sgd")
     with pytest.raises(ValueError, match="compiled without one"):
         keras_reg.adversarial_training(no_loss, "emb")
+
+
+@pytest.mark.parametrize("value", ["x", None, 3])
+def test_installed_regularizer_of_a_non_model_names_the_argument(value):
+    with pytest.raises(TypeError) as caught:
+        keras_reg.installed_regularizer(value)
+    message = str(caught.value)
+    assert "installed_regularizer() expects a Keras model" in message
+    assert f"model={value!r}" in message and type(value).__name__ in message
 
 
 def test_a_name_shared_by_two_nested_layers_is_ambiguous():
