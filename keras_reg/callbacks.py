@@ -3,6 +3,8 @@
 import sys
 import weakref
 
+import numpy as np
+
 from keras_reg._compat import keras
 from keras_reg.backend import eager_gradients
 from keras_reg.training.core import installer as step
@@ -235,6 +237,46 @@ def _tf_keras_scope_class():
     return _TF_KERAS_SCOPE[0]
 
 
+def _lengths(structure):
+    """The leading dimension of each array in ``structure`` (None: a scalar)."""
+    lengths = []
+    for leaf in keras.tree.flatten(structure):
+        shape = getattr(leaf, "shape", None)
+        if shape is None:
+            shape = np.shape(leaf)
+        if len(shape) == 0:
+            lengths.append(None)
+        elif shape[0] is not None:
+            lengths.append(int(shape[0]))
+    return lengths
+
+
+def _check_probe(x, y, sample_weight):
+    """Checks the probe batch now, not after an epoch of training."""
+    if y is None:
+        raise ValueError(
+            "GradientNorms needs the probe batch's targets: received y=None. The "
+            "norms are those of the compiled loss's gradient, which needs y: "
+            "pass e.g. `GradientNorms(x_val[:128], y_val[:128])`."
+        )
+    named = {"x": x, "y": y, "sample_weight": sample_weight}
+    lengths = {
+        name: _lengths(value) for name, value in named.items() if value is not None
+    }
+    found = {length for values in lengths.values() for length in values}
+    if len(found) > 1 or None in found:
+        shown = ", ".join(
+            f"{name}: {values[0] if len(values) == 1 else values}"
+            for name, values in lengths.items()
+        )
+        raise ValueError(
+            "GradientNorms needs one probe batch: every array of `x`, `y` and "
+            "`sample_weight` with the same number of examples (first dimension); "
+            f"received {shown}. Slice them alike, e.g. "
+            "`GradientNorms(x_val[:128], y_val[:128])`."
+        )
+
+
 class _GradientNormsMixin:
     """Logs ||dL/d inputs|| and ||dL/d theta|| on a probe batch every epoch."""
 
@@ -255,6 +297,7 @@ class _GradientNormsMixin:
                 "`GradientNorms(x, y, embedding_name='Embedding-Token')`: the "
                 "gradient is then taken with respect to the looked-up vectors."
             )
+        _check_probe(x, y, sample_weight)
         self.x = x
         self.y = y
         self.embedding_name = embedding_name
@@ -336,8 +379,10 @@ class GradientNorms(_GradientNormsMixin, keras.callbacks.Callback):
         sample_weight: Per-example weights of the probe, or None.
 
     Raises:
-        ValueError: ``embedding_name`` is None and ``x`` has no float array;
-            or, when ``fit`` begins, no embedding layer has that name.
+        ValueError: ``y`` is None; the arrays of ``x``, ``y`` and
+            ``sample_weight`` differ in length; ``embedding_name`` is None and
+            ``x`` has no float array; or, when ``fit`` begins, no embedding
+            layer has that name.
 
     Example:
         >>> norms = keras_reg.callbacks.GradientNorms(

@@ -6,12 +6,44 @@ logit is > 0. The helpers and metrics here apply that rule, so they take the
 model's raw logits (no sigmoid).
 """
 
+import numpy as np
+
 from keras_reg._compat import keras
 from keras_reg.validation import same_shape
 
 ops = keras.ops
 
 _DENSE_HINT = "y_true holds one 0/1 (or soft) label per class, the shape of the logits."
+
+
+def _logits(function, logits):
+    """Returns ``logits`` after checking it is a real-valued array of rank >= 1."""
+    received = logits
+    if logits is None or isinstance(logits, (str, bytes)):
+        dtype = None
+    elif hasattr(logits, "dtype") and hasattr(logits, "shape"):
+        dtype = keras.backend.standardize_dtype(logits.dtype)
+    else:
+        try:
+            logits = np.asarray(logits)
+        except (TypeError, ValueError):  # ragged nesting
+            dtype = None
+        else:
+            dtype = logits.dtype.name if logits.dtype.kind in "fiu" else None
+    if dtype is None or not (
+        keras.backend.is_float_dtype(dtype) or keras.backend.is_int_dtype(dtype)
+    ):
+        raise TypeError(
+            f"{function}() expects `logits`: a real-valued array or tensor of "
+            "shape (..., num_classes) (the model's raw outputs); received "
+            f"logits={received!r} ({type(received).__name__})."
+        )
+    if len(logits.shape) == 0:
+        raise ValueError(
+            f"{function}() expects `logits` of shape (..., num_classes), with a "
+            f"class axis; received a scalar, logits={logits!r}."
+        )
+    return logits
 
 
 def multilabel_predictions(logits):
@@ -33,7 +65,12 @@ def multilabel_predictions(logits):
 
     Returns:
         An ``int32`` tensor of the same shape.
+
+    Raises:
+        TypeError: ``logits`` is not a real-valued array or tensor.
+        ValueError: ``logits`` is a scalar (no class axis).
     """
+    logits = _logits("multilabel_predictions", logits)
     return ops.cast(ops.greater(logits, 0), "int32")
 
 
@@ -57,7 +94,14 @@ def multilabel_probabilities(logits):
 
     Returns:
         A floating tensor of the same shape with values in ``[0, 1]``.
+
+    Raises:
+        TypeError: ``logits`` is not a real-valued array or tensor.
+        ValueError: ``logits`` is a scalar (no class axis).
     """
+    logits = _logits("multilabel_probabilities", logits)
+    if not keras.backend.is_float_dtype(logits.dtype):
+        logits = ops.cast(logits, keras.backend.floatx())
     return ops.sigmoid(2.0 * ops.convert_to_tensor(logits))
 
 

@@ -4,6 +4,8 @@ Both are plain Keras regularisers (``kernel_regularizer=``), registered for
 Keras serialisation under the ``keras_reg`` package.
 """
 
+import warnings
+
 from keras_reg import spectral
 from keras_reg._compat import keras
 from keras_reg.validation import non_negative_number
@@ -155,15 +157,52 @@ def weissi(kernels, weight=1.0, direction_l1=0.0):
     return ops.sum(ops.stack([regularizer(kernel) for kernel in kernels]))
 
 
-def _layers_with_kernels(model):
-    """Layers with a kernel regulariser slot, nested models included."""
+def _sublayers(layer):
+    """The layers ``layer`` holds as attributes (directly, or in lists/dicts)."""
     found = []
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            found.extend(_layers_with_kernels(layer))
-        elif hasattr(layer, "kernel_regularizer"):
-            found.append(layer)
+    pending = list(vars(layer).values())
+    while pending:
+        value = pending.pop(0)
+        if isinstance(value, keras.layers.Layer):
+            found.append(value)
+        elif isinstance(value, (list, tuple)):
+            pending.extend(value)
+        elif isinstance(value, dict):
+            pending.extend(value.values())
     return found
+
+
+def _layers_with_kernels(model):
+    """Layers with a kernel regulariser slot, at any depth.
+
+    Returns:
+        ``(layers, hidden)``: every layer with a ``kernel_regularizer`` (nested
+        models, and sublayers of custom layers, e.g. the attention and
+        feed-forward layers of a transformer block, included), and the names of
+        the custom layers whose sublayers are among them: their configs rebuild
+        those sublayers, so a regulariser set on them is not saved.
+    """
+    found, hidden, seen = [], [], set()
+
+    def visit(layer, owner):
+        if id(layer) in seen:
+            return
+        seen.add(id(layer))
+        if isinstance(layer, keras.Model):
+            children = list(layer.layers)
+        else:
+            children = _sublayers(layer)
+            if hasattr(layer, "kernel_regularizer"):
+                found.append(layer)
+                if owner is not None and owner.name not in hidden:
+                    hidden.append(owner.name)
+            owner = owner or layer
+        for child in children:
+            visit(child, owner if not isinstance(layer, keras.Model) else None)
+
+    for layer in model.layers:
+        visit(layer, None)
+    return found, hidden
 
 
 def apply_weissi(model, weight=1e-3, direction_l1=0.0):
@@ -173,10 +212,15 @@ def apply_weissi(model, weight=1e-3, direction_l1=0.0):
     one layer to another (``W_l -> gamma_l W_l``, ``prod gamma_l = 1``) holds
     only if every kernel of the chain carries the same ``weight``. This sets
     ``kernel_regularizer`` on each layer that has one (Dense, convolutions,
-    EinsumDense; built or not), so the model's ``losses`` carry
-    ``weight * log prod_l ||W_l|| + ...`` and the model saves and loads with the
-    regulariser. Call it before or after ``compile``, or between two ``fit``
-    calls: the model's compiled train and test functions are rebuilt.
+    EinsumDense; built or not), at any depth: in nested models and inside
+    custom layers (a transformer block's attention and feed-forward layers),
+    so the model's ``losses`` carry ``weight * log prod_l ||W_l|| + ...``.
+    The layers of a model (nested models included) save and load with the
+    regulariser; a custom layer rebuilds its sublayers from its own config,
+    which does not hold their regularisers: a warning names such layers, and
+    after ``load_model`` call ``apply_weissi`` again. Call it before or after
+    ``compile``, or between two ``fit`` calls: the model's compiled train and
+    test functions are rebuilt.
 
     Args:
         model: A Keras 3 model.
@@ -199,7 +243,7 @@ def apply_weissi(model, weight=1e-3, direction_l1=0.0):
             "the layer is built)."
         )
     regularizer = WEISSI(weight=weight, direction_l1=direction_l1)
-    layers = _layers_with_kernels(model)
+    layers, hidden = _layers_with_kernels(model)
     taken = [
         layer.name
         for layer in layers
@@ -225,6 +269,14 @@ def apply_weissi(model, weight=1e-3, direction_l1=0.0):
     for name in ("train_function", "test_function"):
         if getattr(model, name, None) is not None:
             setattr(model, name, None)
+    if hidden:
+        warnings.warn(
+            f"apply_weissi: the kernels inside {', '.join(hidden)} now carry "
+            "WEISSI, but those layers rebuild their sublayers from their own "
+            "config, which does not hold a sublayer's regulariser: after "
+            "`keras.models.load_model`, call `apply_weissi(model, ...)` again.",
+            stacklevel=2,
+        )
     return [layer.name for layer in layers]
 
 

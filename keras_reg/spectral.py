@@ -133,9 +133,13 @@ def spectral_norm_bounds(weight, tolerance=1e-3):
         matrix = ops.transpose(matrix)  # sigma(M) = sigma(M^T): Gram of size min
     size = matrix.shape[1]
     # Scale out the Frobenius norm first: G then has trace 1 and no power of it
-    # overflows; sigma(W) = ||W||_F * sigma(W / ||W||_F).
-    frobenius = ops.sqrt(ops.sum(ops.square(ops.stop_gradient(matrix))))
-    scaled = ops.stop_gradient(matrix) / ops.maximum(frobenius, _TINY)
+    # overflows; sigma(W) = ||W||_F * sigma(W / ||W||_F). The largest entry is
+    # divided out before squaring, so tiny weights do not underflow to a zero
+    # norm (which would blow the scaled matrix up); W = 0 stays 0.
+    constant = ops.stop_gradient(matrix)
+    peak = ops.maximum(ops.max(ops.abs(constant)), _TINY)
+    frobenius = peak * ops.sqrt(ops.sum(ops.square(constant / peak)))
+    scaled = constant / ops.maximum(frobenius, _TINY)
     power = ops.matmul(ops.transpose(scaled), scaled)
     log_lambda = 0.0
     for j in range(1, squarings_for(size, tolerance) + 1):

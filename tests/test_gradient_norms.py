@@ -149,6 +149,28 @@ def test_token_ids_without_embedding_name_are_refused(rng):
         keras_reg.callbacks.GradientNorms(x, y)
 
 
+@pytest.mark.parametrize(
+    "probe, named",
+    [
+        (lambda x, y, w: (x, y[:-1], None), "y: 5"),
+        (lambda x, y, w: (x[:-2], y, None), "x: 4"),
+        (lambda x, y, w: (x, y, w[:3]), "sample_weight: 3"),
+    ],
+)
+def test_probe_arrays_of_different_lengths_are_refused_at_once(rng, probe, named):
+    x, y, w = models.batch(rng)
+    x, y, w = probe(x, y, w)
+    with pytest.raises(ValueError, match="same number of examples") as caught:
+        keras_reg.callbacks.GradientNorms(x, y, embedding_name="emb", sample_weight=w)
+    assert "GradientNorms" in str(caught.value) and named in str(caught.value)
+
+
+def test_probe_without_targets_is_refused_at_once(rng):
+    x, _, _ = models.batch(rng)
+    with pytest.raises(ValueError, match="GradientNorms needs .* received y=None"):
+        keras_reg.callbacks.GradientNorms(x, None, embedding_name="emb")
+
+
 def test_unknown_embedding_name_fails_when_fit_begins(rng):
     x, y, _ = models.batch(rng)
     model = _bag_model("functional")

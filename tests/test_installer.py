@@ -83,9 +83,37 @@ def test_fgm_perturbs_a_tied_head_too(jit_compile, rng):
 
 
 # ---- custom train steps ------------------------------------------------------
-def _guide_step_model_class(call_compute_loss=True):
-    """A model whose train_step follows the Keras guide for the active backend."""
+def _guide_step_model_class(call_compute_loss=True, metrics_loop=False):
+    """A model whose train_step follows the Keras guide for the active backend.
+
+    With ``metrics_loop`` it updates and returns ``self.metrics`` as the guide
+    does: the loss tracker with the loss, every other metric with (y, y_pred).
+    """
     backend = keras.backend.backend()
+
+    def guide_logs(model, loss, y, y_pred):
+        if not metrics_loop:
+            return {"loss": loss}
+        for metric in model.metrics:
+            if metric.name == "loss":
+                metric.update_state(loss)
+            else:
+                metric.update_state(y, y_pred)
+        return {m.name: m.result() for m in model.metrics}
+
+    def stateless_guide_logs(model, metrics_vars, loss, y, y_pred):
+        if not metrics_loop:
+            return {"loss": loss}, metrics_vars
+        new_vars, logs = [], {}
+        for metric in model.metrics:
+            own = metrics_vars[len(new_vars) : len(new_vars) + len(metric.variables)]
+            if metric.name == "loss":
+                own = metric.stateless_update_state(own, loss)
+            else:
+                own = metric.stateless_update_state(own, y, y_pred)
+            logs[metric.name] = metric.stateless_result(own)
+            new_vars += own
+        return logs, new_vars
 
     class GuideModel(keras.Model):
         def loss_of(self, x, y, y_pred):
@@ -104,7 +132,7 @@ def _guide_step_model_class(call_compute_loss=True):
                     loss = self.loss_of(x, y, y_pred)
                 grads = tape.gradient(loss, self.trainable_variables)
                 self.optimizer.apply(grads, self.trainable_variables)
-                return {"loss": loss}
+                return guide_logs(self, loss, y, y_pred)
 
         elif backend == "torch":
 
@@ -119,7 +147,7 @@ def _guide_step_model_class(call_compute_loss=True):
                 grads = [v.value.grad for v in self.trainable_weights]
                 with torch.no_grad():
                     self.optimizer.apply(grads, self.trainable_weights)
-                return {"loss": loss}
+                return guide_logs(self, loss, y, y_pred)
 
         else:
 
@@ -138,28 +166,33 @@ def _guide_step_model_class(call_compute_loss=True):
                     )
                     with keras.StatelessScope(state_mapping=mapping):
                         loss = self.loss_of(x, y, y_pred)
-                    return loss, non_trainable_new
+                    return loss, (y_pred, non_trainable_new)
 
-                (loss, non_trainable), grads = jax.value_and_grad(
+                (loss, (y_pred, non_trainable)), grads = jax.value_and_grad(
                     loss_fn, has_aux=True
                 )(trainable)
                 trainable, optimizer_vars = self.optimizer.stateless_apply(
                     optimizer_vars, grads, trainable
                 )
+                logs, metrics_vars = stateless_guide_logs(
+                    self, metrics_vars, loss, y, y_pred
+                )
                 state = (trainable, non_trainable, optimizer_vars, metrics_vars)
-                return {"loss": loss}, state
+                return logs, state
 
     return GuideModel
 
 
-def _guide_model(call_compute_loss=True):
+def _guide_model(call_compute_loss=True, metrics_loop=False):
     inputs = keras.Input((models.LENGTH,), dtype="int32")
     h = keras.layers.Embedding(models.VOCAB, models.DIM, name="emb")(inputs)
     h = keras.layers.GlobalAveragePooling1D()(h)
     outputs = keras.layers.Dense(models.CLASSES, activation="softmax", name="out")(h)
-    model = _guide_step_model_class(call_compute_loss)(inputs, outputs)
+    model = _guide_step_model_class(call_compute_loss, metrics_loop)(inputs, outputs)
     model.compile(
-        loss="sparse_categorical_crossentropy", optimizer=keras.optimizers.SGD(LR)
+        loss="sparse_categorical_crossentropy",
+        optimizer=keras.optimizers.SGD(LR),
+        metrics=["sparse_categorical_accuracy"] if metrics_loop else None,
     )
     return model
 
@@ -174,6 +207,42 @@ def test_custom_train_step_calling_compute_loss_without_x(rng):
     expected = fgm_reference.fgm_sgd_step(E, W, b, x, y, LR, EPSILON)
     for got, want in zip(models.get_weights(model), expected):
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize(
+    "install",
+    [
+        lambda model: keras_reg.adversarial_training(model, "emb", epsilon=EPSILON),
+        # Carried state (a metric variable) also ignores the guide's update; on
+        # JAX the guide's StatelessScope maps no metric variable for it to read.
+        pytest.param(
+            lambda model: keras_reg.install_regularizer(
+                model, keras_reg.FreeFGM("emb", epsilon=EPSILON)
+            ),
+            marks=pytest.mark.backends("tensorflow", "torch"),
+        ),
+    ],
+    ids=["fgm", "free-fgm"],
+)
+def test_guide_step_updating_every_metric_with_y_and_y_pred(rng, install):
+    """The guide's loop over self.metrics runs as on plain Keras."""
+    E, W, b = models.initial_weights(rng)
+    x, y, _ = models.batch(rng)
+    plain = _guide_model(metrics_loop=True)
+    models.set_weights(plain, E, W, b)
+    want = plain.fit(x, y, batch_size=len(x), epochs=1, verbose=0).history
+    model = _guide_model(metrics_loop=True)
+    models.set_weights(model, E, W, b)
+    install(model)
+    got = model.fit(x, y, batch_size=len(x), epochs=1, verbose=0).history
+    assert set(want) | {"adversarial_loss"} <= set(got)
+    np.testing.assert_allclose(
+        got["sparse_categorical_accuracy"], want["sparse_categorical_accuracy"]
+    )
+    if type(keras_reg.installed_regularizer(model)) is keras_reg.FGM:
+        expected = fgm_reference.fgm_sgd_step(E, W, b, x, y, LR, EPSILON)
+        for got_weight, want_weight in zip(models.get_weights(model), expected):
+            np.testing.assert_allclose(got_weight, want_weight, rtol=2e-5, atol=2e-6)
 
 
 def test_custom_train_step_without_compute_loss_is_refused(rng):
@@ -328,7 +397,7 @@ def test_install_errors_name_the_fix():
         )
     with pytest.raises(TypeError, match=r"the class FGM"):
         keras_reg.install_regularizer(model, keras_reg.FGM)
-    with pytest.raises(ValueError, match="expects a Keras model, received None"):
+    with pytest.raises(TypeError, match="expects a Keras model .* received model=None"):
         keras_reg.remove_regularization(None)
     with pytest.raises(TypeError, match=r"keras_reg.FGM\("):
         keras_reg.callbacks.RegularizationScope("FGM")
@@ -338,6 +407,15 @@ def test_install_errors_name_the_fix():
     no_loss.compile(optimizer="sgd")
     with pytest.raises(ValueError, match="compiled without one"):
         keras_reg.adversarial_training(no_loss, "emb")
+
+
+@pytest.mark.parametrize("value", ["x", None, 3])
+def test_installed_regularizer_of_a_non_model_names_the_argument(value):
+    with pytest.raises(TypeError) as caught:
+        keras_reg.installed_regularizer(value)
+    message = str(caught.value)
+    assert "installed_regularizer() expects a Keras model" in message
+    assert f"model={value!r}" in message and type(value).__name__ in message
 
 
 def test_a_name_shared_by_two_nested_layers_is_ambiguous():

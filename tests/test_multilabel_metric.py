@@ -79,3 +79,30 @@ def test_metrics_serialise_and_work_in_fit():
     model.fit(x, y, epochs=40, batch_size=32, verbose=0)
     result = model.evaluate(x, y, verbose=0, return_dict=True)
     assert result["multilabel_f1"] > 0.9 and result["exact_match"] > 0.8
+
+
+@pytest.mark.parametrize(
+    "function", [metrics.multilabel_predictions, metrics.multilabel_probabilities]
+)
+@pytest.mark.parametrize("value", [None, "abc", [["a", "b"]], {"x": 1.0}])
+def test_non_numeric_logits_are_a_type_error_naming_them(function, value):
+    with pytest.raises(TypeError) as caught:
+        function(value)
+    message = str(caught.value)
+    assert f"{function.__name__}() expects `logits`" in message
+    assert f"logits={value!r} ({type(value).__name__})" in message
+
+
+@pytest.mark.parametrize(
+    "function", [metrics.multilabel_predictions, metrics.multilabel_probabilities]
+)
+def test_scalar_logits_lack_the_class_axis(function):
+    with pytest.raises(ValueError, match=r"shape \(\.\.\., num_classes\)"):
+        function(1.5)
+
+
+def test_integer_and_symbolic_logits_still_work():
+    got = ops.convert_to_numpy(metrics.multilabel_probabilities([[0, 1]]))
+    np.testing.assert_allclose(got, [[0.5, 1 / (1 + np.exp(-2.0))]], rtol=1e-6)
+    inputs = keras.Input((3,))
+    assert metrics.multilabel_predictions(inputs).shape == (None, 3)

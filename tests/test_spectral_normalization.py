@@ -196,6 +196,57 @@ def test_wrapper_and_constraint_under_mixed_precision(rng):
     assert sigma_max(last.kernel) <= 0.5 * (1 + 1e-3)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_wrapper_with_an_all_zero_kernel_trains_like_plain_keras(optimizer, rng):
+    """W = 0 has sigma = 0: W is used as is (as Keras's layer does), u is kept."""
+    x = rng.normal(size=(8, 5)).astype("float32")
+    t = rng.normal(size=(8, 3)).astype("float32")
+
+    def model(wrapped):
+        dense = keras.layers.Dense(3, kernel_initializer="zeros")
+        layer = layers.SpectralNormalization(dense) if wrapped else dense
+        built = keras.Sequential([keras.Input((5,)), layer])
+        built.compile(loss="mse", optimizer=keras.optimizers.get(optimizer))
+        return built, dense
+
+    ours, dense = model(wrapped=True)
+    plain, plain_dense = model(wrapped=False)
+    u0 = numpy(ours.layers[0].vector_u)
+    ours.fit(x, t, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    plain.fit(x, t, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    # The first step, at W = 0, is the plain Dense step.
+    for a, b in ((dense.kernel, plain_dense.kernel), (dense.bias, plain_dense.bias)):
+        np.testing.assert_allclose(numpy(a), numpy(b), atol=1e-7)
+    np.testing.assert_array_equal(numpy(ours.layers[0].vector_u), u0)
+    history = ours.fit(x, t, batch_size=8, epochs=4, shuffle=False, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert np.linalg.norm(numpy(ours.layers[0].vector_u)) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("value", [0.0, 1e-20])
+def test_penalty_and_constraint_of_a_zero_or_tiny_kernel_are_finite(value):
+    # 1e-20 squared underflows float32: the norm must not become 0 (then inf).
+    kernel = keras.ops.full((5, 3), value)
+    _, upper = spectral.spectral_norm_bounds(kernel)
+    np.testing.assert_allclose(numpy(upper), np.sqrt(15.0) * value, rtol=1e-5)
+    constrained = numpy(constraints.SpectralNorm(1.0)(kernel))
+    np.testing.assert_array_equal(constrained, numpy(kernel))
+    penalty = regularizers.SpectralNormRegularizer(0.1)
+    assert np.isfinite(numpy(penalty(kernel)))
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_wrapper_output_has_the_wrappers_compute_dtype(policy):
+    x = np.ones((2, 4), "float32")
+    ours = layers.SpectralNormalization(keras.layers.Dense(2), dtype=policy)
+    theirs = keras.layers.SpectralNormalization(keras.layers.Dense(2), dtype=policy)
+    spec = ours.compute_output_spec(keras.KerasTensor((2, 4)))
+    got = keras.backend.standardize_dtype(ours(x, training=True).dtype)
+    want = keras.backend.standardize_dtype(theirs(x, training=True).dtype)
+    assert got == want == keras.backend.standardize_dtype(spec.dtype)
+    assert keras.backend.standardize_dtype(ours.layer.kernel.dtype) == "float32"
+
+
 # ------------------------------------------------------------------ save / load
 
 

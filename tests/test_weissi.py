@@ -170,3 +170,63 @@ def test_round_trip_through_save_and_load_model(tmp_path, rng):
             }
     assert penalty(loaded) == pytest.approx(penalty(model), rel=1e-6)
     np.testing.assert_allclose(numpy(loaded(x)), numpy(model(x)), rtol=1e-6)
+
+
+class _Block(keras.layers.Layer):
+    """A transformer-like block: attention (EinsumDense) and a feed-forward Dense."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.attention = keras.layers.MultiHeadAttention(2, 3)
+        self.feed_forward = [keras.layers.Dense(5), keras.layers.Dense(4)]
+
+    def call(self, x):
+        h = x + self.attention(x, x)
+        for layer in self.feed_forward:
+            h = layer(h)
+        return h
+
+
+def _nested_model():
+    """A functional model wrapping a sub-model of custom blocks, as keras-hub does."""
+    inputs = keras.Input((3, 4))
+    backbone = keras.Model(inputs, _Block()(_Block()(inputs)), name="backbone")
+    outer_inputs = keras.Input((3, 4))
+    h = keras.layers.GlobalAveragePooling1D()(backbone(outer_inputs))
+    return keras.Model(outer_inputs, keras.layers.Dense(2, name="logits")(h))
+
+
+def test_apply_weissi_reaches_the_kernels_inside_custom_layers():
+    model = _nested_model()
+    all_kernels = [
+        v for v in model.weights if v.path.split("/")[-1] == "kernel"
+    ]  # 2 blocks x (4 attention + 2 feed-forward) + logits
+    assert len(all_kernels) == 13
+    with pytest.warns(UserWarning, match=r"_block.*load_model.*apply_weissi"):
+        names = regularizers.apply_weissi(model, weight=WEIGHT)
+    assert len(names) == 13
+    x = np.random.default_rng(0).normal(size=(2, 3, 4)).astype("float32")
+    model(x)
+    want = sum(
+        WEIGHT * np.log(np.linalg.norm(numpy(v).astype(np.float64)))
+        for v in all_kernels
+    )
+    assert len(model.losses) == 13
+    assert penalty(model) == pytest.approx(want, rel=1e-5)
+
+
+def test_apply_weissi_on_a_keras_hub_classifier():
+    keras_hub = pytest.importorskip("keras_hub")
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=20,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=4,
+        intermediate_dim=8,
+        max_sequence_length=6,
+    )
+    model = keras_hub.models.BertTextClassifier(backbone, 2, preprocessor=None)
+    kernels_before = [v for v in model.weights if v.path.endswith("kernel")]
+    with pytest.warns(UserWarning, match="load_model"):
+        names = regularizers.apply_weissi(model)
+    assert len(names) == len(kernels_before) == 14

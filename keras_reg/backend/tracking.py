@@ -18,6 +18,21 @@ from keras_reg.backend import keras_internals
 _PREFIX = "_keras_reg_term_"
 
 
+class LoggedTerm(keras.metrics.Mean):
+    """The running mean of a term a regulariser logs (``step.log``).
+
+    It is one of ``model.metrics``, so a custom ``train_step`` written as in
+    the Keras guide updates it with ``update_state(y, y_pred)`` (as every
+    metric but the loss tracker): that call is not a term's value, and is
+    ignored; the term is still in the returned logs.
+    """
+
+    def update_state(self, values, *args, **kwargs):
+        if args or kwargs:  # (y, y_pred[, sample_weight]) from a metrics loop
+            return None
+        return super().update_state(values)
+
+
 def attach_metric(model, name):
     """Attaches a ``Mean`` metric called ``name`` to ``model`` and returns it.
 
@@ -25,7 +40,7 @@ def attach_metric(model, name):
         model: The model being trained.
         name: The log key, e.g. ``'vat_loss'``.
     """
-    metric = keras.metrics.Mean(name=name)
+    metric = LoggedTerm(name=name)
     # A built Keras 3 layer locks its tracker against new state: a metric is
     # not model state (it is never saved), so let this one in.
     with keras_internals.tracker_unlocked(model):
@@ -52,7 +67,9 @@ class CarriedState(keras.metrics.Metric):
             shape=tuple(shape), initializer="zeros", dtype="float32", name=name
         )
 
-    def update_state(self, value):
+    def update_state(self, value, *args, **kwargs):
+        if args or kwargs:  # (y, y_pred) from a guide's loop over the metrics
+            return
         self.carried.assign(value)
 
     def reset_state(self):

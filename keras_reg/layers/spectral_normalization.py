@@ -132,14 +132,19 @@ class SpectralNormalization(keras.layers.Wrapper):
         weight = _weight_of(self.layer)
         value = weight.value  # the compute dtype under mixed precision
         matrix = spectral.as_matrix(spectral.at_least_float32(value))
-        u = self.vector_u.value
+        stored = self.vector_u.value
+        # While W = 0 (e.g. kernel_initializer="zeros") sigma is 0: W is used
+        # as it is and u is kept, as Keras's own SpectralNormalization does,
+        # instead of dividing by a floor that multiplies the gradient by 1e12.
+        nonzero = ops.any(ops.not_equal(ops.stop_gradient(matrix), 0))
         if training:
-            u, v = spectral.power_iteration(matrix, u, self.power_iterations)
-            self.vector_u.assign(u)
+            u, v = spectral.power_iteration(matrix, stored, self.power_iterations)
+            self.vector_u.assign(ops.where(nonzero, ops.cast(u, stored.dtype), stored))
         else:
-            u = ops.stop_gradient(ops.cast(u, matrix.dtype))
+            u = ops.stop_gradient(ops.cast(stored, matrix.dtype))
             v = ops.stop_gradient(spectral.l2_normalize(ops.matmul(matrix, u)))
         sigma = ops.maximum(spectral.sigma_from_vectors(matrix, u, v), 1e-12)
+        sigma = ops.where(nonzero, sigma, ops.ones_like(sigma))
         return value / ops.cast(sigma, value.dtype)
 
     def call(self, inputs, training=False):
@@ -160,7 +165,14 @@ class SpectralNormalization(keras.layers.Wrapper):
                     variable.assign(after)
         for loss in scope.losses:
             self.layer.add_loss(loss)
-        return outputs
+        # The wrapped layer computes in its own dtype policy; the wrapper's
+        # output has this wrapper's compute dtype, as compute_output_spec says.
+        return keras.tree.map_structure(
+            lambda output: ops.cast(output, self.compute_dtype)
+            if keras.backend.is_float_dtype(output.dtype)
+            else output,
+            outputs,
+        )
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)

@@ -46,3 +46,14 @@ def test_gradient_norms_is_a_tf_keras_callback_with_the_source_quantities():
             history.history[k][epoch] for k in ("grad_norm_inputs", "grad_norm_weights")
         ]
         np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+def test_probe_of_mismatched_lengths_is_refused_by_the_tf_keras_callback():
+    x, y = _batch()
+    try:
+        keras_reg.callbacks.GradientNorms(x, y[:3], embedding_name="Embedding-Token")
+    except ValueError as error:
+        assert "same number of examples" in str(error)
+        assert "x: [4, 4], y: 3" in str(error)
+    else:
+        raise AssertionError("GradientNorms accepted 4 inputs and 3 targets")

@@ -11,6 +11,7 @@ import numpy as np
 
 from keras_reg._compat import keras
 from keras_reg.backend import keras_internals
+from keras_reg.training.core.regularizer import PicklableSeeds
 from keras_reg.validation import integer_argument
 
 ops = keras.ops
@@ -65,7 +66,7 @@ def _as_array(leaf):
     return array
 
 
-class UnlabeledSampler:
+class UnlabeledSampler(PicklableSeeds):
     """Draws unlabelled batches: uniformly from arrays, or the next dataset batch.
 
     Args:

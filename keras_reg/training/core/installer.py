@@ -231,9 +231,9 @@ def _inputs_of(data):
 
 def _check_model(model, action):
     if not hasattr(model, "train_step") or not hasattr(model, "compile"):
-        raise ValueError(
-            f"{action} expects a Keras model, received {model!r} "
-            f"({type(model).__name__})."
+        raise TypeError(
+            f"{action} expects a Keras model (keras.Model or tf_keras.Model) as "
+            f"`model`, received model={model!r} ({type(model).__name__})."
         )
 
 
@@ -292,7 +292,12 @@ def _installation(model):
 
 
 def installed_regularizer(model):
-    """Returns the regulariser installed on ``model``, or None."""
+    """Returns the regulariser installed on ``model``, or None.
+
+    Raises:
+        TypeError: ``model`` is not a Keras model.
+    """
+    _check_model(model, "installed_regularizer()")
     installation = _installation(model)
     return installation.regularizer if installation is not None else None
 
@@ -340,7 +345,8 @@ def install(model, regularizer):
         ``model``, now training with ``regularizer``.
 
     Raises:
-        TypeError: ``regularizer`` is not a regulariser instance.
+        TypeError: ``model`` is not a Keras model, or ``regularizer`` is not a
+            regulariser instance.
         ValueError: The model is not compiled, or does not suit the regulariser.
     """
     _check_model(model, "install_regularizer()")
@@ -370,6 +376,9 @@ def remove(model):
 
     Returns:
         ``model``.
+
+    Raises:
+        TypeError: ``model`` is not a Keras model.
     """
     _check_model(model, "remove_regularization()")
     installation = _installation(model)

@@ -2,10 +2,51 @@
 
 import abc
 
+import numpy as np
+
+from keras_reg._compat import keras
 from keras_reg.training.core import schedule
 
 
-class TrainingRegularizer(abc.ABC):
+class _GeneratorState:
+    """A pickled `keras.random.SeedGenerator`: its seed and current state."""
+
+    def __init__(self, generator):
+        self.seed = generator.get_config()["seed"]
+        self.state = np.array(keras.ops.convert_to_numpy(generator.state.value))
+
+    def generator(self):
+        generator = keras.random.SeedGenerator(self.seed)
+        generator.state.assign(self.state.astype(generator.state.dtype))
+        return generator
+
+
+class PicklableSeeds:
+    """Pickling and deep copying for an object holding `keras.random.SeedGenerator`s.
+
+    A generator holds the backend module, which does not pickle. A seed is
+    data: each generator attribute is pickled as its seed and current state,
+    and rebuilt from them, so a copy draws what the original would draw next.
+    """
+
+    def __getstate__(self):
+        return {
+            name: _GeneratorState(value)
+            if isinstance(value, keras.random.SeedGenerator)
+            else value
+            for name, value in self.__dict__.items()
+        }
+
+    def __setstate__(self, state):
+        self.__dict__.update(
+            {
+                name: value.generator() if isinstance(value, _GeneratorState) else value
+                for name, value in state.items()
+            }
+        )
+
+
+class TrainingRegularizer(PicklableSeeds, abc.ABC):
     """A regulariser that changes the loss a compiled model trains on.
 
     Subclasses implement `regularized_loss`, which receives the step's clean
