@@ -84,13 +84,13 @@ def _plain_model(keras, loss="sparse_categorical_crossentropy", **kwargs):
 
 def _case_model(keras, name):
     """The model of the shared suite's case ``name``, and its global batches."""
-    from tests import conformance_suite as suite
+    from tests import conformance_cases as suite
 
     model = suite.compiled(suite.Framework(keras), name)
     return model, suite.batch(name, seed=3, size=GLOBAL_BATCH * STEPS)
 
 
-# Cases besides the shared suite's (tests/conformance_suite.py).
+# Cases besides the shared suite's (tests/conformance_cases.py).
 EXTRA_CASES = (
     "plain",
     "flooding",
@@ -103,7 +103,7 @@ EXTRA_CASES = (
 def cases():
     """Returns name -> ``build(keras) -> (model, data, regulariser or None)``."""
     import keras_reg
-    from tests.conformance_suite import CASES
+    from tests.conformance_cases import CASES
 
     def of_suite(name, factory, model_of=None):
         def build(keras):
@@ -170,7 +170,7 @@ def tf_keras_cases():
     """The tf_keras (Keras 2) cases: name -> ``build(keras) -> (model, data, reg)``."""
     import tf_keras
 
-    from tests import conformance_suite as suite
+    from tests import conformance_cases as suite
 
     def of_suite(name):
         def build(keras):

@@ -8,65 +8,23 @@ import numpy as np
 import pytest
 
 from keras_reg._compat import keras
+from tests import conformance_cases as cases
 from tests import conformance_suite as suite
 from tests import fixed_noise, replica_check, sharded_embedding_check
 
 pytestmark = pytest.mark.backends("tensorflow", "jax", "torch")
-KERAS3 = suite.Framework(keras)
-NAMES = suite.NAMES
+KERAS3 = cases.Framework(keras)
+NAMES = cases.NAMES
+
+
+class TestConformance(suite.Checks):
+    framework = KERAS3
 
 
 def test_every_public_regularizer_has_a_case():
-    covered = {type(case.make()) for case in suite.CASES.values()}
-    missing = suite.public_regularizer_classes() - covered
-    assert not missing, f"add an entry to conformance_suite.CASES for {missing}"
-
-
-@pytest.mark.filterwarnings("ignore:.*unlabeled.*")
-@pytest.mark.parametrize("name", suite.params("config", KERAS3))
-def test_config_round_trip(name):
-    suite.check_config_round_trip(KERAS3, name)
-
-
-@pytest.mark.parametrize("name", suite.params("pickle", KERAS3))
-def test_pickle_and_deepcopy(name):
-    suite.check_pickle_and_deepcopy(KERAS3, name)
-
-
-@pytest.mark.parametrize("name", suite.params("install", KERAS3))
-def test_install_replace_remove(name):
-    suite.check_install_replace_remove(KERAS3, name)
-
-
-@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "jit"])
-@pytest.mark.parametrize("name", suite.params("lr-zero", KERAS3))
-def test_learning_rate_zero_keeps_every_weight_bit_identical(name, jit_compile):
-    if jit_compile and not KERAS3.has_jit:
-        pytest.skip("jit_compile=True is torch.compile, refused on torch")
-    suite.check_lr_zero_keeps_every_weight(KERAS3, name, jit_compile)
-
-
-@pytest.mark.parametrize("name", suite.params("nan", KERAS3, suite.PERTURBING))
-def test_nan_batch_poisons_no_more_than_plain_keras(name):
-    """(A gradient penalty's second-order gradient mixes every example of the
-    batch, so a NaN loss reaches every weight the batch touches; for it the
-    guarantee is the next test's.)"""
-    suite.check_nan_batch_like_plain(KERAS3, name)
-
-
-@pytest.mark.parametrize("name", suite.params("nan-loss-scale", KERAS3))
-def test_nan_batch_is_skipped_by_a_loss_scale_optimizer(name):
-    suite.check_nan_batch_skipped_by_loss_scaling(KERAS3, name)
-
-
-@pytest.mark.parametrize("name", suite.params("logs", KERAS3))
-def test_logged_terms_appear_in_fit_and_not_in_evaluate(name):
-    suite.check_logged_terms(KERAS3, name)
-
-
-@pytest.mark.parametrize("name", suite.params("scope", KERAS3))
-def test_scope_leaves_the_model_as_it_found_it(name):
-    suite.check_scope(KERAS3, name)
+    covered = {type(case.make()) for case in cases.CASES.values()}
+    missing = cases.public_regularizer_classes() - covered
+    assert not missing, f"add an entry to conformance_cases.CASES for {missing}"
 
 
 # ---- several devices: 2 replicas train like one device ---------------------------
@@ -100,7 +58,7 @@ def test_two_replicas_train_like_one_device(name, replica_results):
     _assert_replicas_agree(replica_results, name)
 
 
-# Across processes: FGM, VAT and every gradient penalty (the issue's list), and
+# Across processes: FGM, VAT and every gradient penalty, and
 # flooding. They exercise each mechanism of the Step API (the all-reduced loss
 # gradient, the gathered sparse penalty gradient, the all-reduced weight
 # gradients, the gathered VAT slots and the global per-example norm,
@@ -147,18 +105,6 @@ def test_fgm_on_an_embedding_sharded_over_two_devices():
     ):
         assert devices == 2
         assert piece == [vocabulary // 2, dim]
-
-
-# ---- mixed precision ------------------------------------------------------------
-@pytest.mark.parametrize("policy", sorted(suite.MIXED_TOLERANCE))
-@pytest.mark.parametrize("name", suite.params("mixed", KERAS3))
-def test_mixed_precision_moves_the_weights_like_float32(name, policy):
-    suite.check_mixed_precision_like_float32(KERAS3, name, policy)
-
-
-@pytest.mark.parametrize("name", suite.params("nan-mixed", KERAS3))
-def test_mixed_float16_skips_a_non_finite_step(name):
-    suite.check_nan_batch_skipped_by_loss_scaling(KERAS3, name, "mixed_float16")
 
 
 # ---- XLA -------------------------------------------------------------------------
