@@ -73,16 +73,6 @@ def _data():
     return x, y, w
 
 
-def _multitask_data():
-    rng = np.random.default_rng(4)
-    x = rng.normal(size=(GLOBAL_BATCH * STEPS, 5)).astype("float32")
-    y = [
-        rng.integers(0, 3, size=(GLOBAL_BATCH * STEPS,)).astype("int32"),
-        rng.normal(size=(GLOBAL_BATCH * STEPS, 1)).astype("float32") * 3.0,
-    ]
-    return x, y, None
-
-
 def _plain_model(keras, loss="sparse_categorical_crossentropy", **kwargs):
     from tests import models
 
@@ -92,31 +82,20 @@ def _plain_model(keras, loss="sparse_categorical_crossentropy", **kwargs):
     return model, _data()
 
 
-def _multitask_model(keras):
-    inputs = keras.Input((5,))
-    h = keras.layers.Dense(4, name="shared")(inputs)
-    cls = keras.layers.Dense(3, activation="softmax", name="cls")(h)
-    reg = keras.layers.Dense(1, name="reg")(h)
-    model = keras.Model(inputs, [cls, reg])
-    rng = np.random.default_rng(5)
-    for layer in ("shared", "cls", "reg"):
-        kernel = model.get_layer(layer).kernel
-        kernel.assign(rng.normal(size=kernel.shape).astype("float32"))
-    model.compile(
-        loss=["sparse_categorical_crossentropy", "mse"],
-        optimizer=keras.optimizers.SGD(0.05),
-    )
-    return model, _multitask_data()
+def _case_model(keras, name):
+    """The model of the shared suite's case ``name``, and its global batches."""
+    from tests import conformance_cases as suite
+
+    model = suite.compiled(suite.Framework(keras), name)
+    return model, suite.batch(name, seed=3, size=GLOBAL_BATCH * STEPS)
 
 
-# Cases besides the shared suite's regularisers (tests/test_conformance.py).
+# Cases besides the shared suite's (tests/conformance_cases.py).
 EXTRA_CASES = (
     "plain",
     "flooding",
     "balance-realtime",
-    "balance-gradient",
     "balance-pareto",
-    "input-gp",
     "noise-input",
 )
 
@@ -124,11 +103,11 @@ EXTRA_CASES = (
 def cases():
     """Returns name -> ``build(keras) -> (model, data, regulariser or None)``."""
     import keras_reg
-    from tests.test_conformance import REGULARIZERS
+    from tests.conformance_cases import CASES
 
-    def regularised(factory):
+    def of_suite(name, factory, model_of=None):
         def build(keras):
-            model, data = _plain_model(keras)
+            model, data = _case_model(keras, model_of or name)
             return model, data, factory()
 
         return build
@@ -141,47 +120,18 @@ def cases():
         model, data = _plain_model(keras, loss=loss)
         return model, data, None
 
-    def balancing(method):
-        def build(keras):
-            model, data = _multitask_model(keras)
-            shared = None if method == "realtime" else "shared"
-            return model, data, keras_reg.LossBalancing(method, shared_layer=shared)
-
-        return build
-
-    def float_inputs(factory):
-        # Regularisers of float inputs (not in the shared suite, whose model
-        # reads token ids).
-        def build(keras):
-            x, (y, _), _ = _multitask_data()
-            model = keras.Sequential(
-                [
-                    keras.Input((5,)),
-                    keras.layers.Dense(4, activation="tanh"),
-                    keras.layers.Dense(3, activation="softmax"),
-                ]
-            )
-            rng = np.random.default_rng(6)
-            for variable in model.weights:
-                variable.assign(rng.normal(size=variable.shape).astype("float32"))
-            model.compile(
-                loss="sparse_categorical_crossentropy",
-                optimizer=keras.optimizers.SGD(LR),
-            )
-            return model, (x, y, None), factory()
-
-        return build
-
-    built = {"plain": regularised(lambda: None), "flooding": flooding}
-    built["input-gp"] = float_inputs(
-        lambda: keras_reg.InputGradientPenalty(0.5, seed=3)
+    built = {"plain": of_suite("fgm", lambda: None), "flooding": flooding}
+    built.update({name: of_suite(name, case.make) for name, case in CASES.items()})
+    built["noise-input"] = of_suite(
+        "input-gp", lambda: keras_reg.NoiseTraining(stddev=0.3, seed=3)
     )
-    built["noise-input"] = float_inputs(
-        lambda: keras_reg.NoiseTraining(stddev=0.3, seed=3)
+    built["balance-realtime"] = of_suite(
+        "balance-gradient", lambda: keras_reg.LossBalancing("realtime")
     )
-    built.update({name: regularised(f) for name, f in REGULARIZERS.items()})
-    for method in ("realtime", "gradient", "pareto"):
-        built[f"balance-{method}"] = balancing(method)
+    built["balance-pareto"] = of_suite(
+        "balance-gradient",
+        lambda: keras_reg.LossBalancing("pareto", shared_layer="shared"),
+    )
     assert set(EXTRA_CASES) <= set(built)
     return built
 
@@ -220,40 +170,22 @@ def tf_keras_cases():
     """The tf_keras (Keras 2) cases: name -> ``build(keras) -> (model, data, reg)``."""
     import tf_keras
 
-    import keras_reg
-    from tests import models
+    from tests import conformance_cases as suite
 
-    def regularised(factory):
+    def of_suite(name):
         def build(keras):
             del keras
-            model = tf_keras.Sequential(
-                [
-                    tf_keras.Input((models.LENGTH,), dtype="int32"),
-                    tf_keras.layers.Embedding(models.VOCAB, models.DIM, name="emb"),
-                    tf_keras.layers.GlobalAveragePooling1D(),
-                    tf_keras.layers.Dense(
-                        models.CLASSES, activation="softmax", name="out"
-                    ),
-                ]
-            )
-            E, W, b = models.initial_weights(np.random.default_rng(1))
-            model.set_weights([E, W, b])
-            model.compile(
-                loss="sparse_categorical_crossentropy",
-                optimizer=tf_keras.optimizers.SGD(LR),
-            )
-            return model, _data(), factory()
+            model, data = _case_model(tf_keras, name)
+            return model, data, suite.CASES[name].make()
 
         return build
 
-    return {
-        "plain": regularised(lambda: None),
-        "fgm": regularised(lambda: keras_reg.FGM("emb", epsilon=0.7)),
-        "gp-row": regularised(
-            lambda: keras_reg.GradientPenalty("emb", weight=1.0, per="row")
-        ),
-        "vat-matrix": regularised(lambda: keras_reg.VAT("emb", epsilon=0.5, xi=1.0)),
-    }
+    def plain(keras):
+        model, data, _ = of_suite("fgm")(keras)
+        return model, data, None
+
+    names = ("fgm", "gp-row", "vat-matrix")
+    return {"plain": plain, **{name: of_suite(name) for name in names}}
 
 
 def _weights(keras, model):

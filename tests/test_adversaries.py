@@ -18,30 +18,15 @@ MODES = [
 LR = 0.5
 
 
-def _compiled(lr=LR, l2=0.0, style="functional", **compile_kwargs):
-    model = models.build(style, l2=l2)
-    model.compile(
-        loss="sparse_categorical_crossentropy",
-        optimizer=keras.optimizers.SGD(lr),
-        **compile_kwargs,
-    )
-    return model
-
-
 def _trained(regularizer, rng, epochs=1, l2=0.0, style="functional", **kwargs):
     E, W, b = models.initial_weights(rng)
     x, y, w = models.batch(rng)
-    model = _compiled(l2=l2, style=style, **kwargs)
+    model = models.compiled(style, l2=l2, **kwargs)
     models.set_weights(model, E, W, b)
     if regularizer is not None:
         keras_reg.install_regularizer(model, regularizer)
     models.fit_one_batch(model, x, y, w, epochs=epochs)
     return model, (E, W, b, x, y, w)
-
-
-def _assert_weights(model, expected):
-    for got, want in zip(models.get_weights(model), expected):
-        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
 
 
 # ---- PGD ------------------------------------------------------------------
@@ -78,7 +63,7 @@ def test_pgd_step_matches_numpy(steps, epsilon, alpha, l2, projected, mode, rng)
         E, W, b, x, y, LR, epsilon, alpha, steps, w, l2=l2
     )
     assert active == projected
-    _assert_weights(model, expected)
+    models.assert_weights(model, expected)
 
 
 def test_pgd_without_clean_loss_over_two_steps(rng):
@@ -88,7 +73,7 @@ def test_pgd_without_clean_loss_over_two_steps(rng):
         (E, W, b), _ = adversaries_reference.pgd_sgd_step(
             E, W, b, x, y, LR, 0.7, 0.5, 3, w, add_clean=False
         )
-    _assert_weights(model, (E, W, b))
+    models.assert_weights(model, (E, W, b))
 
 
 # ---- FreeLB ---------------------------------------------------------------
@@ -103,12 +88,12 @@ def test_freelb_step_matches_numpy(style, mode, rng):
         E, W, b, x, y, LR, 0.05, 0.04, 3, w
     )
     assert active  # the per-example projection acted
-    _assert_weights(model, expected)
+    models.assert_weights(model, expected)
 
 
 def test_freelb_one_pass_is_plain_training(rng):
     model, (E, W, b, x, y, w) = _trained(keras_reg.FreeLB("emb", steps=1), rng)
-    _assert_weights(model, fgm_reference.plain_sgd_step(E, W, b, x, y, LR, w))
+    models.assert_weights(model, fgm_reference.plain_sgd_step(E, W, b, x, y, LR, w))
 
 
 def test_freelb_random_start_moves_the_step(rng):
@@ -133,7 +118,7 @@ def test_free_fgm_second_step_uses_the_first_steps_gradient(mode, l2, rng):
     expected = adversaries_reference.free_fgm_sgd_steps(
         E, W, b, x, y, LR, 0.7, steps=2, w=w, l2=l2
     )
-    _assert_weights(model, expected)
+    models.assert_weights(model, expected)
     # ...and not plain training, nor FGM's own direction.
     plain = fgm_reference.plain_sgd_step(
         *fgm_reference.plain_sgd_step(E, W, b, x, y, LR, w, l2), x, y, LR, w, l2
@@ -144,8 +129,8 @@ def test_free_fgm_second_step_uses_the_first_steps_gradient(mode, l2, rng):
 def test_free_fgm_first_step_is_plain_and_state_is_not_a_weight(rng, tmp_path):
     regularizer = keras_reg.FreeFGM("emb", epsilon=0.7)
     model, (E, W, b, x, y, w) = _trained(regularizer, rng)
-    _assert_weights(model, fgm_reference.plain_sgd_step(E, W, b, x, y, LR, w))
-    plain = _compiled()
+    models.assert_weights(model, fgm_reference.plain_sgd_step(E, W, b, x, y, LR, w))
+    plain = models.compiled()
     assert len(model.weights) == len(plain.weights)
     assert len(model.get_weights()) == len(plain.get_weights())
     path = str(tmp_path / "model.weights.h5")
@@ -161,7 +146,7 @@ def test_free_fgm_state_outlives_fit_but_not_installation(again, rng):
     starts from zero."""
     E, W, b = models.initial_weights(rng)
     x, y, w = models.batch(rng)
-    model = _compiled()
+    model = models.compiled()
     models.set_weights(model, E, W, b)
     keras_reg.install_regularizer(model, keras_reg.FreeFGM("emb", epsilon=0.7))
     models.fit_one_batch(model, x, y, w)
@@ -175,7 +160,7 @@ def test_free_fgm_state_outlives_fit_but_not_installation(again, rng):
             E, W, b, x, y, LR, 0.7, steps=2, w=w
         )
     models.fit_one_batch(model, x, y, w)
-    _assert_weights(model, expected)
+    models.assert_weights(model, expected)
 
 
 # ---- schedules, start_epoch, the one-line form -----------------------------
@@ -188,7 +173,7 @@ def test_scheduled_epsilon_ramps_up_per_step(rng):
     model, (E, W, b, x, y, w) = _trained(keras_reg.FGM("emb", ramp), rng, epochs=2)
     for epsilon in (0.2, 0.9):
         E, W, b = fgm_reference.fgm_sgd_step(E, W, b, x, y, LR, epsilon, w)
-    _assert_weights(model, (E, W, b))
+    models.assert_weights(model, (E, W, b))
 
 
 @pytest.mark.parametrize("cls", [keras_reg.FGM, keras_reg.PGD, keras_reg.FreeLB])
@@ -206,7 +191,7 @@ def test_scheduled_config_round_trip(cls):
 def test_scope_starts_at_start_epoch(rng):
     E, W, b = models.initial_weights(rng)
     x, y, w = models.batch(rng)
-    model = _compiled()
+    model = models.compiled()
     models.set_weights(model, E, W, b)
     scope = keras_reg.callbacks.RegularizationScope(
         keras_reg.FGM("emb", 0.7), start_epoch=1
@@ -224,7 +209,7 @@ def test_scope_starts_at_start_epoch(rng):
     E, W, b = fgm_reference.plain_sgd_step(E, W, b, x, y, LR, w)
     for _ in range(2):
         E, W, b = fgm_reference.fgm_sgd_step(E, W, b, x, y, LR, 0.7, w)
-    _assert_weights(model, (E, W, b))
+    models.assert_weights(model, (E, W, b))
     assert len(history["adversarial_loss"]) == 2
     assert keras_reg.installed_regularizer(model) is None
 
@@ -236,10 +221,10 @@ def test_one_line_form_builds_each_method():
         ("freelb", keras_reg.FreeLB),
         ("free_fgm", keras_reg.FreeFGM),
     ]:
-        model = _compiled()
+        model = models.compiled()
         keras_reg.adversarial_training(model, "emb", epsilon=0.5, method=method)
         assert type(keras_reg.installed_regularizer(model)) is cls
-    model = _compiled()
+    model = models.compiled()
     keras_reg.adversarial_training(model, "emb", method="pgd", alpha=0.1, steps=2)
     assert keras_reg.installed_regularizer(model).get_config()["steps"] == 2
 
@@ -282,4 +267,4 @@ def test_one_line_form_builds_each_method():
 )
 def test_errors_name_the_value_and_the_fix(call, message):
     with pytest.raises(ValueError, match=message):
-        call(_compiled())
+        call(models.compiled())

@@ -46,10 +46,7 @@ def _bag_model(l2=0.0):
     rng = np.random.default_rng(0)
     E, W, b = models.initial_weights(rng)
     x, y, w = models.batch(rng)
-    model = models.build("functional", l2=l2)
-    model.compile(
-        loss="sparse_categorical_crossentropy", optimizer=keras.optimizers.SGD(LR)
-    )
+    model = models.compiled(l2=l2, lr=LR)
     models.set_weights(model, E, W, b)
     return model, (E, W, b), (x, y, w)
 

@@ -19,30 +19,16 @@ STYLES = ["sequential", "functional", "subclassed"]
 LR, EPSILON = 0.5, 0.7
 
 
-def _compiled(style, lr=LR, l2=0.0, dropout=0.0, **compile_kwargs):
-    model = models.build(style, l2=l2, dropout=dropout)
-    model.compile(
-        loss="sparse_categorical_crossentropy",
-        optimizer=keras.optimizers.SGD(lr),
-        **compile_kwargs,
-    )
-    return model
-
-
-def _assert_weights(model, expected):
-    for got, want in zip(models.get_weights(model), expected):
-        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
-
-
 @pytest.mark.parametrize("style", STYLES)
 def test_one_step_matches_numpy(style, rng):
     E, W, b = models.initial_weights(rng)
     x, y, w = models.batch(rng)
-    model = _compiled(style)
+    model = models.compiled(style)
     models.set_weights(model, E, W, b)
     assert keras_reg.adversarial_training(model, "emb", epsilon=EPSILON) is model
     models.fit_one_batch(model, x, y, w)
-    _assert_weights(model, fgm_reference.fgm_sgd_step(E, W, b, x, y, LR, EPSILON, w))
+    expected = fgm_reference.fgm_sgd_step(E, W, b, x, y, LR, EPSILON, w)
+    models.assert_weights(model, expected)
 
 
 @pytest.mark.parametrize(
@@ -64,7 +50,7 @@ def test_variants_match_numpy(options, rng):
     }
     E, W, b = models.initial_weights(rng)
     x, y, w = models.batch(rng)
-    model = _compiled("functional", l2=l2, **compile_kwargs)
+    model = models.compiled("functional", l2=l2, **compile_kwargs)
     models.set_weights(model, E, W, b)
     keras_reg.adversarial_training(
         model, "emb", epsilon=EPSILON, add_clean_loss=add_clean
@@ -73,19 +59,19 @@ def test_variants_match_numpy(options, rng):
     expected = fgm_reference.fgm_sgd_step(
         E, W, b, x, y, LR, EPSILON, w, l2=l2, add_clean=add_clean
     )
-    _assert_weights(model, expected)
+    models.assert_weights(model, expected)
 
 
 def test_three_steps_match_numpy(rng):
     E, W, b = models.initial_weights(rng)
     x, y, w = models.batch(rng)
-    model = _compiled("functional")
+    model = models.compiled("functional")
     models.set_weights(model, E, W, b)
     keras_reg.adversarial_training(model, "emb", epsilon=EPSILON)
     models.fit_one_batch(model, x, y, w, epochs=3)
     for _ in range(3):
         E, W, b = fgm_reference.fgm_sgd_step(E, W, b, x, y, LR, EPSILON, w)
-    _assert_weights(model, (E, W, b))
+    models.assert_weights(model, (E, W, b))
 
 
 class _EmbeddingProbe(keras.callbacks.Callback):
@@ -123,7 +109,7 @@ def test_embedding_is_restored_bit_for_bit(jit_compile, l2, rng):
     E, W, b = models.initial_weights(rng)
     E = (E * 0.02).astype("float32")  # BERT-like scale: w + d - d != w here
     x, y, w = models.batch(rng)
-    model = _compiled("functional", lr=0.0, l2=l2, jit_compile=jit_compile)
+    model = models.compiled("functional", lr=0.0, l2=l2, jit_compile=jit_compile)
     models.set_weights(model, E, W, b)
     keras_reg.adversarial_training(model, "emb", epsilon=3.0)
     probe = _EmbeddingProbe()
@@ -155,7 +141,7 @@ def test_torch_grad_holds_only_the_gradient_of_the_optimized_loss(add_clean, rng
     """The clean-loss gradient FGM takes for its direction never reaches .grad."""
     E, W, b = models.initial_weights(rng)
     x, y, w = models.batch(rng)
-    model = _compiled("functional")
+    model = models.compiled("functional")
     models.set_weights(model, E, W, b)
     keras_reg.adversarial_training(
         model, "emb", epsilon=EPSILON, add_clean_loss=add_clean
@@ -190,7 +176,7 @@ def test_torch_frozen_embedding_stays_frozen(rng):
 def test_remove_restores_the_plain_step(rng):
     E, W, b = models.initial_weights(rng)
     x, y, w = models.batch(rng)
-    model = _compiled("sequential")
+    model = models.compiled("sequential")
     models.set_weights(model, E, W, b)
     keras_reg.adversarial_training(model, "emb", epsilon=EPSILON)
     models.fit_one_batch(model, x, y, w)  # traces and caches the FGM train function
@@ -199,19 +185,20 @@ def test_remove_restores_the_plain_step(rng):
     assert keras_reg.installed_regularizer(model) is None
     assert "train_step" not in vars(model) and "compute_loss" not in vars(model)
     models.fit_one_batch(model, x, y, w)
-    _assert_weights(model, fgm_reference.plain_sgd_step(E1, W1, b1, x, y, LR, w))
+    models.assert_weights(model, fgm_reference.plain_sgd_step(E1, W1, b1, x, y, LR, w))
 
 
 def test_applying_again_replaces_and_warns(rng):
     E, W, b = models.initial_weights(rng)
     x, y, w = models.batch(rng)
-    model = _compiled("functional")
+    model = models.compiled("functional")
     models.set_weights(model, E, W, b)
     keras_reg.adversarial_training(model, "emb", epsilon=5.0)
     with pytest.warns(UserWarning, match="Replacing FGM"):
         keras_reg.adversarial_training(model, "emb", epsilon=EPSILON)
     models.fit_one_batch(model, x, y, w)
-    _assert_weights(model, fgm_reference.fgm_sgd_step(E, W, b, x, y, LR, EPSILON, w))
+    expected = fgm_reference.fgm_sgd_step(E, W, b, x, y, LR, EPSILON, w)
+    models.assert_weights(model, expected)
     keras_reg.remove_regularization(model)
     assert "train_step" not in vars(model)
 
@@ -219,22 +206,22 @@ def test_applying_again_replaces_and_warns(rng):
 def test_callback_installs_for_one_fit_only(rng):
     E, W, b = models.initial_weights(rng)
     x, y, w = models.batch(rng)
-    model = _compiled("functional")
+    model = models.compiled("functional")
     models.set_weights(model, E, W, b)
     models.fit_one_batch(model, x, y, w, epochs=0)  # a train function is already cached
     scope = keras_reg.callbacks.RegularizationScope(keras_reg.FGM("emb", EPSILON))
     models.fit_one_batch(model, x, y, w, callbacks=[scope])
     E, W, b = fgm_reference.fgm_sgd_step(E, W, b, x, y, LR, EPSILON, w)
-    _assert_weights(model, (E, W, b))
+    models.assert_weights(model, (E, W, b))
     assert keras_reg.installed_regularizer(model) is None
     models.fit_one_batch(model, x, y, w)
-    _assert_weights(model, fgm_reference.plain_sgd_step(E, W, b, x, y, LR, w))
+    models.assert_weights(model, fgm_reference.plain_sgd_step(E, W, b, x, y, LR, w))
 
 
 def test_evaluate_and_predict_are_unchanged(rng):
     E, W, b = models.initial_weights(rng)
     x, y, w = models.batch(rng)
-    model = _compiled("functional")
+    model = models.compiled("functional")
     models.set_weights(model, E, W, b)
     plain_loss = model.evaluate(x, y, sample_weight=w, verbose=0)
     keras_reg.adversarial_training(model, "emb", epsilon=EPSILON)
@@ -246,7 +233,7 @@ def test_evaluate_and_predict_are_unchanged(rng):
 def test_reported_loss_is_the_adversarial_loss(rng):
     E, W, b = models.initial_weights(rng)
     x, y, w = models.batch(rng)
-    model = _compiled("functional", lr=0.0)
+    model = models.compiled("functional", lr=0.0)
     models.set_weights(model, E, W, b)
     keras_reg.adversarial_training(model, "emb", epsilon=EPSILON)
     history = model.fit(x, y, sample_weight=w, batch_size=len(x), verbose=0)
@@ -275,7 +262,7 @@ def test_mixed_precision_step_is_close_to_float32(rng):
 
 def test_dropout_model_trains_with_finite_loss(rng):
     x, y, w = models.batch(rng, size=32)
-    model = _compiled("subclassed", dropout=0.5, metrics=["accuracy"])
+    model = models.compiled("subclassed", dropout=0.5, metrics=["accuracy"])
     keras_reg.adversarial_training(model, "emb")
     history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
@@ -286,13 +273,13 @@ def test_dropout_model_trains_with_finite_loss(rng):
 
 
 def test_unknown_layer_lists_embedding_layers():
-    model = _compiled("functional")
+    model = models.compiled("functional")
     with pytest.raises(ValueError, match=r"No layer named 'Embedding-Token'.*'emb'"):
         keras_reg.adversarial_training(model, "Embedding-Token")
 
 
 def test_layer_without_embedding_matrix():
-    model = _compiled("functional")
+    model = models.compiled("functional")
     with pytest.raises(
         ValueError, match=r"'out' \(Dense\) has no embedding matrix.*'emb'"
     ):
@@ -307,7 +294,7 @@ def test_model_not_compiled():
 
 
 def test_unknown_option_suggests_the_right_one():
-    model = _compiled("functional")
+    model = models.compiled("functional")
     with pytest.raises(
         ValueError, match="unknown option 'epsion'.*did you mean 'epsilon'"
     ):
@@ -316,7 +303,7 @@ def test_unknown_option_suggests_the_right_one():
 
 @pytest.mark.parametrize("epsilon", [0, -1.0, float("nan"), float("inf"), "1", True])
 def test_non_positive_epsilon(epsilon):
-    model = _compiled("functional")
+    model = models.compiled("functional")
     with pytest.raises(
         ValueError, match=r"`epsilon` must be a positive number, received"
     ):

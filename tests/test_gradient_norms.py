@@ -23,14 +23,6 @@ def _bag_norms(E, W, b, x, y, w, l2):
     return np.sqrt(np.sum(occurrences**2)), weights
 
 
-def _bag_model(style, l2=0.0, dropout=0.0, lr=0.5):
-    model = models.build(style, l2=l2, dropout=dropout)
-    model.compile(
-        loss="sparse_categorical_crossentropy", optimizer=keras.optimizers.SGD(lr)
-    )
-    return model
-
-
 @pytest.mark.parametrize("style", ["sequential", "functional", "subclassed"])
 def test_embedding_norms_match_numpy_at_each_epochs_end(style, rng):
     # Dropout 0.5: the probe must run in inference mode to match the dropout-free
@@ -38,7 +30,7 @@ def test_embedding_norms_match_numpy_at_each_epochs_end(style, rng):
     E, W, b = models.initial_weights(rng)
     x, y, w = models.batch(rng)
     x_probe, y_probe, w_probe = models.batch(rng, size=4)
-    model = _bag_model(style, l2=0.05, dropout=0.5)
+    model = models.compiled(style, l2=0.05, dropout=0.5)
     models.set_weights(model, E, W, b)
     norms = keras_reg.callbacks.GradientNorms(
         x_probe, y_probe, embedding_name="emb", sample_weight=w_probe
@@ -120,7 +112,7 @@ def test_logs_reach_later_callbacks_and_leave_the_loss_alone(rng):
     losses = []
     for callbacks in ([], [keras_reg.callbacks.GradientNorms(x, y, "emb"), Later()]):
         keras.utils.set_random_seed(0)
-        model = _bag_model("functional")
+        model = models.compiled("functional")
         history = model.fit(
             x, y, batch_size=3, epochs=2, verbose=0, callbacks=callbacks
         )
@@ -133,7 +125,7 @@ def test_with_a_regularizer_installed(rng):
     # The probe runs the model's own loss, not the regulariser's step.
     E, W, b = models.initial_weights(rng)
     x, y, w = models.batch(rng)
-    model = _bag_model("functional", lr=0.0)
+    model = models.compiled("functional", lr=0.0)
     models.set_weights(model, E, W, b)
     keras_reg.gradient_penalty(model, "emb", weight=1.0)
     norms = keras_reg.callbacks.GradientNorms(x, y, "emb")
@@ -173,7 +165,7 @@ def test_probe_without_targets_is_refused_at_once(rng):
 
 def test_unknown_embedding_name_fails_when_fit_begins(rng):
     x, y, _ = models.batch(rng)
-    model = _bag_model("functional")
+    model = models.compiled("functional")
     norms = keras_reg.callbacks.GradientNorms(x, y, embedding_name="nope")
     with pytest.raises(ValueError, match="No layer named 'nope'"):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[norms])

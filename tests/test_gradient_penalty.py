@@ -20,16 +20,6 @@ CASES = {
 }
 
 
-def _compiled(optimizer=None, jit_compile=False):
-    model = models.build("functional")
-    model.compile(
-        loss="sparse_categorical_crossentropy",
-        optimizer=optimizer or keras.optimizers.SGD(LR),
-        jit_compile=jit_compile,
-    )
-    return model
-
-
 def _expected(kind, strength, E, W, b, x, y, w):
     expected = reference.sgd_step(kind, strength, E, W, b, x, y, w, LR)
     plain = reference.sgd_step("none", 0.0, E, W, b, x, y, w, LR)
@@ -46,7 +36,7 @@ def test_step_matches_finite_differences_of_the_penalised_loss(kind, jit_compile
     factory, strength = CASES[kind]
     E, W, b = models.initial_weights(rng)
     x, y, w = models.batch(rng)
-    model = _compiled(jit_compile=jit_compile)
+    model = models.compiled(jit_compile=jit_compile)
     models.set_weights(model, E, W, b)
     keras_reg.install_regularizer(model, factory())
     history = model.fit(
@@ -69,7 +59,7 @@ def test_mixed_precision_loss_scaling_unscales_before_squaring(kind, rng):
     optimizer = keras.optimizers.LossScaleOptimizer(
         keras.optimizers.SGD(LR), initial_scale=2.0**10
     )
-    model = _compiled(optimizer=optimizer)
+    model = models.compiled(optimizer=optimizer)
     models.set_weights(model, E, W, b)
     keras_reg.install_regularizer(model, factory())
     models.fit_one_batch(model, x, y, w)
@@ -81,7 +71,7 @@ def test_mixed_precision_loss_scaling_unscales_before_squaring(kind, rng):
 def test_parameter_penalty_on_named_layers(rng):
     E, W, b = models.initial_weights(rng)
     x, y, w = models.batch(rng)
-    model = _compiled()
+    model = models.compiled()
     models.set_weights(model, E, W, b)
     keras_reg.parameter_gradient_penalty(model, 5.0, layers=["out"])
     models.fit_one_batch(model, x, y, w)
@@ -103,7 +93,7 @@ def test_errors_name_the_fix():
         keras_reg.GradientPenalty("emb", weight=-1)
     with pytest.raises(ValueError, match="layers=\\['dense'\\]"):
         keras_reg.ParameterGradientPenalty(0.1, layers="dense")
-    model = _compiled()
+    model = models.compiled()
     with pytest.raises(ValueError, match="No layer named 'nope'"):
         keras_reg.parameter_gradient_penalty(model, 0.1, layers=["nope"])
     with pytest.raises(ValueError, match="No layer named 'embedding'"):

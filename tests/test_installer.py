@@ -259,14 +259,6 @@ class _Raise(keras.callbacks.Callback):
         raise RuntimeError("boom")
 
 
-def _compiled(lr=LR):
-    model = models.build("functional")
-    model.compile(
-        loss="sparse_categorical_crossentropy", optimizer=keras.optimizers.SGD(lr)
-    )
-    return model
-
-
 def _plain_step_after(model, rng):
     """Checks that ``model`` now takes exactly a plain SGD step."""
     E, W, b = models.initial_weights(rng)
@@ -317,7 +309,7 @@ def test_scope_restores_after_a_step_raises(rng):
 
 def test_scope_restores_after_a_callback_raises(rng):
     x, y, w = models.batch(rng)
-    model = _compiled()
+    model = models.compiled()
     scope = keras_reg.callbacks.RegularizationScope(keras_reg.FGM("emb"))
     with pytest.raises(RuntimeError, match="boom"):
         model.fit(x, y, batch_size=len(x), verbose=0, callbacks=[scope, _Raise()])
@@ -328,7 +320,7 @@ def test_scope_restores_after_a_callback_raises(rng):
 
 def test_scope_restores_a_previously_installed_regularizer(rng):
     x, y, w = models.batch(rng)
-    model = _compiled()
+    model = models.compiled()
     before = keras_reg.FGM("emb", epsilon=0.3)
     keras_reg.install_regularizer(model, before)
     scope = keras_reg.callbacks.RegularizationScope(keras_reg.FGM("emb"))
@@ -339,7 +331,7 @@ def test_scope_restores_a_previously_installed_regularizer(rng):
 
 def test_two_scopes_in_one_fit_are_refused_and_nothing_is_left(rng):
     x, y, w = models.batch(rng)
-    model = _compiled()
+    model = models.compiled()
     scopes = [
         keras_reg.callbacks.RegularizationScope(keras_reg.FGM("emb")),
         keras_reg.callbacks.RegularizationScope(keras_reg.FGM("emb", epsilon=2.0)),
@@ -376,7 +368,7 @@ def test_nan_batch_poisons_no_more_weights_than_plain_keras(l2, rng):
 # ---- fit's logs show what is optimized, and the regulariser's own term ----------
 def test_logs_show_the_adversarial_loss_and_removal_drops_it(rng):
     x, y, w = models.batch(rng)
-    model = _compiled(lr=0.0)
+    model = models.compiled(lr=0.0)
     count = len(model.get_weights())
     keras_reg.adversarial_training(model, "emb", epsilon=EPSILON)
     assert len(model.get_weights()) == count  # a logged term is not a weight
@@ -388,7 +380,7 @@ def test_logs_show_the_adversarial_loss_and_removal_drops_it(rng):
 
 # ---- errors name the bad value and the fix -------------------------------------
 def test_install_errors_name_the_fix():
-    model = _compiled()
+    model = models.compiled()
     with pytest.raises(TypeError, match=r"keras_reg.FGM\("):
         keras_reg.install_regularizer(model, "FGM")
     with pytest.raises(TypeError, match="one regulariser at a time"):
@@ -451,7 +443,7 @@ def test_an_embedding_the_loss_never_reads_is_an_error_everywhere(rng):
 
 @pytest.mark.backends("torch")
 def test_torch_jit_compile_is_refused_at_install():
-    model = _compiled()
+    model = models.compiled()
     model.jit_compile = True
     with pytest.raises(ValueError, match="jit_compile=False"):
         keras_reg.adversarial_training(model, "emb")

@@ -22,16 +22,6 @@ CASES = {
 }
 
 
-def _compiled(jit_compile=False, optimizer=None):
-    model = models.build("functional")
-    model.compile(
-        loss="sparse_categorical_crossentropy",
-        optimizer=optimizer or keras.optimizers.SGD(LR),
-        jit_compile=jit_compile,
-    )
-    return model
-
-
 def _perturbation(kind, options, E, W, b, x, y, w):
     if kind == "awp":
         return reference.awp_perturbation(E, W, b, x, y, w, **options)
@@ -46,7 +36,7 @@ def test_one_step_matches_numpy(kind, jit_compile, rng):
     factory, options = CASES[kind]
     E, W, b = models.initial_weights(rng)
     x, y, w = models.batch(rng)
-    model = _compiled(jit_compile)
+    model = models.compiled(jit_compile=jit_compile)
     models.set_weights(model, E, W, b)
     keras_reg.install_regularizer(model, factory())
     history = model.fit(
@@ -84,7 +74,7 @@ def test_sam_in_other_model_styles(style, rng):
 def test_awp_on_named_layers_perturbs_only_their_kernels(rng):
     E, W, b = models.initial_weights(rng)
     x, y, w = models.batch(rng)
-    model = _compiled()
+    model = models.compiled()
     models.set_weights(model, E, W, b)
     keras_reg.awp(model, gamma=0.2, layers=["out"])
     models.fit_one_batch(model, x, y, w)
@@ -117,7 +107,7 @@ def test_awp_warm_up_starts_at_start_epoch_in_a_scope(make_scope, jit_compile, r
         pytest.skip("jit_compile=True is torch.compile, refused on torch")
     E, W, b = models.initial_weights(rng)
     x, y, w = models.batch(rng)
-    model = _compiled(jit_compile=jit_compile)
+    model = models.compiled(jit_compile=jit_compile)
     models.set_weights(model, E, W, b)
     models.fit_one_batch(model, x, y, w, epochs=2, callbacks=[make_scope()])
     # One plain epoch, then one AWP epoch; not two plain epochs.
@@ -134,7 +124,7 @@ def test_awp_warm_up_starts_at_start_epoch_in_a_scope(make_scope, jit_compile, r
 
 
 def test_awp_warm_up_without_a_scope_says_how(rng):
-    model = _compiled()
+    model = models.compiled()
     with pytest.warns(DeprecationWarning):
         keras_reg.install_regularizer(model, keras_reg.AWP(start_epoch=2))
     x, y, w = models.batch(rng)
@@ -198,7 +188,7 @@ def test_mixed_precision_step_is_close_to_float32(kind, rng):
     optimizer = keras.optimizers.LossScaleOptimizer(
         keras.optimizers.SGD(LR), initial_scale=2.0**10
     )
-    model = _compiled(optimizer=optimizer)
+    model = models.compiled(optimizer=optimizer)
     models.set_weights(model, E, W, b)
     keras_reg.install_regularizer(model, factory())
     models.fit_one_batch(model, x, y, w)
@@ -226,7 +216,7 @@ def test_bad_arguments_name_the_value_and_the_fix(make, match):
 
 
 def test_unknown_layer_and_option_are_named():
-    model = _compiled()
+    model = models.compiled()
     with pytest.raises(ValueError, match="no layer named 'nope'"):
         keras_reg.awp(model, layers=["nope"])
     with pytest.raises(ValueError, match="did you mean 'rho'"):

@@ -15,81 +15,64 @@ import bert4keras.models  # noqa: E402, F401
 import tf_keras  # noqa: E402
 
 import keras_reg  # noqa: E402
-from tests import adversaries_reference, fgm_reference  # noqa: E402
+from tests import adversaries_reference, fgm_reference, models  # noqa: E402
 from tests.tf_keras import tiny_bert  # noqa: E402
-from tests.tf_keras.test_fgm_tf_keras import (  # noqa: E402
-    _bag_of_embeddings,
-    _bert_batch,
-    _data,
-    _fit,
-    _weights,
-)
 
 LR = 0.5
 
 
-def _assert_close(model, expected):
-    for got, want in zip(_weights(model), expected):
-        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
-
-
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
 def test_pgd_projected_step_matches_numpy(jit_compile):
-    (E, W, b), (x, y, w) = _data()
-    model = _bag_of_embeddings()
-    model.compile(
-        loss="sparse_categorical_crossentropy",
-        optimizer=tf_keras.optimizers.SGD(LR),
-        jit_compile=jit_compile,
-    )
+    (E, W, b), (x, y, w) = models.data()
+    model = models.compiled("sequential", keras=tf_keras, jit_compile=jit_compile)
     model.set_weights([E, W, b])
     keras_reg.adversarial_training(
         model, "emb", epsilon=0.7, method="pgd", alpha=0.5, steps=3
     )
-    _fit(model, x, y, w)
+    models.fit_one_batch(model, x, y, w)
     expected, active = adversaries_reference.pgd_sgd_step(
         E, W, b, x, y, LR, 0.7, 0.5, 3, w
     )
     assert active
-    _assert_close(model, expected)
+    models.assert_weights(model, expected)
 
 
 def test_freelb_step_matches_numpy():
-    (E, W, b), (x, y, w) = _data()
-    model = _bag_of_embeddings()
+    (E, W, b), (x, y, w) = models.data()
+    model = models.compiled("sequential", keras=tf_keras)
     model.set_weights([E, W, b])
     keras_reg.adversarial_training(
         model, "emb", epsilon=0.05, method="freelb", alpha=0.04, steps=3
     )
-    _fit(model, x, y, w)
+    models.fit_one_batch(model, x, y, w)
     expected, _ = adversaries_reference.freelb_sgd_step(
         E, W, b, x, y, LR, 0.05, 0.04, 3, w
     )
-    _assert_close(model, expected)
+    models.assert_weights(model, expected)
 
 
 def test_free_fgm_two_steps_match_numpy_and_state_is_not_a_weight():
-    (E, W, b), (x, y, w) = _data()
-    model = _bag_of_embeddings()
+    (E, W, b), (x, y, w) = models.data()
+    model = models.compiled("sequential", keras=tf_keras)
     model.set_weights([E, W, b])
     keras_reg.adversarial_training(model, "emb", epsilon=0.7, method="free_fgm")
     assert len(model.get_weights()) == 3
-    _fit(model, x, y, w, epochs=2)
+    models.fit_one_batch(model, x, y, w, epochs=2)
     expected = adversaries_reference.free_fgm_sgd_steps(E, W, b, x, y, LR, 0.7, 2, w)
-    _assert_close(model, expected)
+    models.assert_weights(model, expected)
     assert len(model.get_weights()) == 3
 
 
 def test_scope_start_epoch():
-    (E, W, b), (x, y, w) = _data()
-    model = _bag_of_embeddings()
+    (E, W, b), (x, y, w) = models.data()
+    model = models.compiled("sequential", keras=tf_keras)
     model.set_weights([E, W, b])
     scope = keras_reg.callbacks.RegularizationScope(
         keras_reg.FGM("emb", 0.7), start_epoch=1
     )
-    _fit(model, x, y, w, epochs=2, callbacks=[scope])
+    models.fit_one_batch(model, x, y, w, epochs=2, callbacks=[scope])
     E, W, b = fgm_reference.plain_sgd_step(E, W, b, x, y, LR, w)
-    _assert_close(model, fgm_reference.fgm_sgd_step(E, W, b, x, y, LR, 0.7, w))
+    models.assert_weights(model, fgm_reference.fgm_sgd_step(E, W, b, x, y, LR, 0.7, w))
 
 
 METHODS = {
@@ -102,7 +85,7 @@ METHODS = {
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_bert4keras_lr_zero_keeps_every_weight_bit_identical(method):
     model = tiny_bert.classifier(tf_keras.optimizers.SGD(0.0))
-    x, y = _bert_batch()
+    x, y = tiny_bert.batch()
     before = model.get_weights()
     keras_reg.adversarial_training(
         model, "Embedding-Token", epsilon=1.0, method=method, **METHODS[method]
@@ -116,7 +99,7 @@ def test_bert4keras_lr_zero_keeps_every_weight_bit_identical(method):
 
 
 def test_bert4keras_pgd_one_step_is_fgm_exactly():
-    x, y = _bert_batch()
+    x, y = tiny_bert.batch()
     results, initial = [], None
     for method, options in (("fgm", {}), ("pgd", {"alpha": 0.7, "steps": 1})):
         model = tiny_bert.classifier(tf_keras.optimizers.SGD(LR))

@@ -9,13 +9,6 @@ import keras_reg
 from tests.tf_keras import tiny_bert
 
 
-def _batch():
-    rng = np.random.default_rng(3)
-    tokens = rng.integers(1, 40, size=(4, 10)).astype("int32")
-    tokens[:, 3] = tokens[:, 2]  # repeated tokens: rows must be summed
-    return [tokens, np.zeros_like(tokens)], rng.integers(0, 2, size=(4,))
-
-
 def _reference(model, x, y):
     """The source's per-occurrence gradient (IndexedSlices values), ||dL/dtheta||."""
     loss_fn = tf_keras.losses.SparseCategoricalCrossentropy()
@@ -36,7 +29,7 @@ def _reference(model, x, y):
 
 def test_gradient_norms_is_a_tf_keras_callback_with_the_source_quantities():
     model = tiny_bert.classifier(tf_keras.optimizers.SGD(0.0))
-    x, y = _batch()
+    x, y = tiny_bert.batch(seed=3)
     norms = keras_reg.callbacks.GradientNorms(x, y, embedding_name="Embedding-Token")
     assert isinstance(norms, tf_keras.callbacks.Callback)
     history = model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[norms])

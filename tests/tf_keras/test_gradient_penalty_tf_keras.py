@@ -12,13 +12,6 @@ from tests.tf_keras import tiny_bert
 LR, EPSILON = 0.5, 4.0
 
 
-def _batch():
-    rng = np.random.default_rng(2)
-    tokens = rng.integers(1, 40, size=(4, 10)).astype("int32")
-    tokens[:, 3] = tokens[:, 2]
-    return [tokens, np.zeros_like(tokens)], rng.integers(0, 2, size=(4,))
-
-
 def _reference_step(model, x, y, penalty_of):
     """SGD on L + penalty_of(gradients), double backprop through nested tapes."""
     loss_fn = tf_keras.losses.SparseCategoricalCrossentropy()
@@ -63,7 +56,7 @@ def _parameter_penalty(inner, loss, matrix, variables):
 )
 def test_bert4keras_step_matches_nested_tapes(regularizer, penalty_of):
     model = tiny_bert.classifier(tf_keras.optimizers.SGD(LR))
-    x, y = _batch()
+    x, y = tiny_bert.batch(seed=2)
     initial = model.get_weights()
     expected = _reference_step(model, x, y, penalty_of)
     plain = _reference_step(model, x, y, lambda *args: 0.0)
@@ -80,7 +73,7 @@ def test_bert4keras_step_matches_nested_tapes(regularizer, penalty_of):
 @pytest.mark.parametrize("integrated", [False, True], ids=["noisy-pass", "integrated"])
 def test_bert4keras_noise_training_keeps_weights_at_learning_rate_zero(integrated):
     model = tiny_bert.classifier(tf_keras.optimizers.SGD(0.0))
-    x, y = _batch()
+    x, y = tiny_bert.batch(seed=2)
     before = [v.numpy() for v in model.trainable_variables]
     keras_reg.noise_training(
         model, "Embedding-Token", stddev=0.5, integrated=integrated, seed=0
@@ -104,7 +97,7 @@ def test_bert4keras_gradient_penalty_in_mixed_precision():
         )
         model = tiny_bert.classifier(optimizer)
         keras_reg.gradient_penalty(model, "Embedding-Token", weight=0.01)
-        x, y = _batch()
+        x, y = tiny_bert.batch(seed=2)
         history = model.fit(x, y, batch_size=2, epochs=8, verbose=0).history
     finally:
         tf_keras.mixed_precision.set_global_policy("float32")

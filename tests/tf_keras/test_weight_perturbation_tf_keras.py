@@ -15,40 +15,11 @@ import bert4keras.models  # noqa: E402, F401
 import tf_keras  # noqa: E402
 
 import keras_reg  # noqa: E402
-from tests import fgm_reference  # noqa: E402
+from tests import fgm_reference, models  # noqa: E402
 from tests import weight_perturbation_reference as reference  # noqa: E402
-from tests.models import CLASSES, DIM, LENGTH, VOCAB  # noqa: E402
 from tests.tf_keras import tiny_bert  # noqa: E402
 
 LR = 0.5
-
-
-def _bag_of_embeddings(lr=LR, dropout=0.0):
-    model = tf_keras.Sequential(
-        [
-            tf_keras.Input((LENGTH,), dtype="int32"),
-            tf_keras.layers.Embedding(VOCAB, DIM, name="emb"),
-            tf_keras.layers.GlobalAveragePooling1D(),
-            tf_keras.layers.Dropout(dropout),
-            tf_keras.layers.Dense(CLASSES, activation="softmax", name="out"),
-        ]
-    )
-    model.compile(
-        loss="sparse_categorical_crossentropy", optimizer=tf_keras.optimizers.SGD(lr)
-    )
-    return model
-
-
-def _data(seed=0):
-    rng = np.random.default_rng(seed)
-    E = rng.normal(size=(VOCAB, DIM)).astype("float32")
-    W = rng.normal(size=(DIM, CLASSES)).astype("float32")
-    b = (rng.normal(size=(CLASSES,)) * 0.1).astype("float32")
-    x = rng.integers(0, VOCAB - 2, size=(6, LENGTH)).astype("int32")
-    x[:, 1] = x[:, 0]
-    y = rng.integers(0, CLASSES, size=(6,)).astype("int32")
-    w = rng.uniform(0.5, 2.0, size=(6,)).astype("float32")
-    return (E, W, b), (x, y, w)
 
 
 @pytest.mark.parametrize(
@@ -70,8 +41,8 @@ def _data(seed=0):
     ids=["sam", "asam", "awp"],
 )
 def test_one_step_matches_numpy(regularizer, perturbation):
-    (E, W, b), (x, y, w) = _data()
-    model = _bag_of_embeddings()
+    (E, W, b), (x, y, w) = models.data()
+    model = models.compiled("sequential", keras=tf_keras)
     model.set_weights([E, W, b])
     keras_reg.install_regularizer(model, regularizer())
     model.fit(x, y, sample_weight=w, batch_size=6, shuffle=False, verbose=0)
@@ -85,8 +56,8 @@ def test_one_step_matches_numpy(regularizer, perturbation):
 
 @pytest.mark.parametrize("deprecated", [False, True], ids=["scope", "awp"])
 def test_awp_warm_up_through_the_scope(deprecated):
-    (E, W, b), (x, y, w) = _data()
-    model = _bag_of_embeddings()
+    (E, W, b), (x, y, w) = models.data()
+    model = models.compiled("sequential", keras=tf_keras)
     model.set_weights([E, W, b])
     if deprecated:
         with pytest.warns(DeprecationWarning):
@@ -113,12 +84,6 @@ def test_awp_warm_up_through_the_scope(deprecated):
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
 
 
-def _bert_batch():
-    rng = np.random.default_rng(2)
-    tokens = rng.integers(1, 40, size=(4, 10)).astype("int32")
-    return [tokens, np.zeros_like(tokens)], rng.integers(0, 2, size=(4,))
-
-
 @pytest.mark.parametrize(
     "regularizer",
     [
@@ -132,7 +97,7 @@ def test_bert_learning_rate_zero_keeps_every_weight_bit_identical(regularizer):
     model = tiny_bert.classifier(tf_keras.optimizers.SGD(0.0))
     before = model.get_weights()
     keras_reg.install_regularizer(model, regularizer())
-    x, y = _bert_batch()
+    x, y = tiny_bert.batch(seed=2, repeat=False)
     history = model.fit(x, y, batch_size=2, epochs=3, verbose=0).history
     assert np.all(np.isfinite(history["loss"]))
     for got, want in zip(model.get_weights(), before):
@@ -140,10 +105,10 @@ def test_bert_learning_rate_zero_keeps_every_weight_bit_identical(regularizer):
 
 
 def test_rdrop_without_dropout_is_the_plain_step_and_with_dropout_differs():
-    (E, W, b), (x, y, w) = _data()
+    (E, W, b), (x, y, w) = models.data()
     results = []
     for dropout, rdrop in ((0.0, False), (0.0, True)):
-        model = _bag_of_embeddings(dropout=dropout)
+        model = models.compiled("sequential", dropout=dropout, keras=tf_keras)
         model.set_weights([E, W, b])
         if rdrop:
             keras_reg.r_drop(model)
@@ -151,7 +116,7 @@ def test_rdrop_without_dropout_is_the_plain_step_and_with_dropout_differs():
         results.append(model.get_weights())
     for plain, got in zip(*results):
         np.testing.assert_allclose(got, plain, rtol=1e-6, atol=1e-7)
-    model = _bag_of_embeddings(dropout=0.5)
+    model = models.compiled("sequential", dropout=0.5, keras=tf_keras)
     keras_reg.r_drop(model)
     history = model.fit(x, y, batch_size=6, epochs=2, verbose=0).history
     # The symmetric KL is exactly 0 when both passes draw the same mask; with

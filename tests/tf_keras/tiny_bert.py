@@ -1,6 +1,7 @@
 """A tiny bert4keras BERT classifier for the tf_keras tests."""
 
 import bert4keras.models
+import numpy as np
 import tf_keras
 
 
@@ -24,3 +25,17 @@ def classifier(optimizer, metrics=None):
         loss="sparse_categorical_crossentropy", optimizer=optimizer, metrics=metrics
     )
     return model
+
+
+def batch(seed=1, repeat=True):
+    """Returns ([token ids, segment ids], labels): 4 sequences of 10 tokens.
+
+    With ``repeat``, token 3 repeats token 2 in each sequence (repeated rows).
+    """
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(1, 40, size=(4, 10)).astype("int32")
+    if repeat:
+        tokens[:, 3] = tokens[:, 2]
+    segments = np.zeros_like(tokens)
+    labels = rng.integers(0, 2, size=(4,)).astype("int32")
+    return [tokens, segments], labels
