@@ -42,7 +42,7 @@ def test_gradient_norms_is_a_tf_keras_callback_with_the_source_quantities():
 
 
 def test_probe_of_mismatched_lengths_is_refused_by_the_tf_keras_callback():
-    x, y = _batch()
+    x, y = tiny_bert.batch(seed=3)
     try:
         keras_reg.callbacks.GradientNorms(x, y[:3], embedding_name="Embedding-Token")
     except ValueError as error:
