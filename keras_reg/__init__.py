@@ -38,7 +38,7 @@ from keras_reg.training import (
 from keras_reg.training import install as install_regularizer
 from keras_reg.training import remove as remove_regularization
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AWP",
