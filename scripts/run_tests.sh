@@ -49,12 +49,13 @@ install_oldest() {  # the oldest stack in its own environment, then the wheel th
 # is mostly one Python thread); each suite's output goes to a log, printed
 # when its lane is done.
 logs=$(mktemp -d)
-run() {  # run NAME ENV... -- writes $logs/NAME.log and $logs/NAME.status
+# Each suite's time is logged as wall and CPU seconds (on a loaded machine the
+# CPU seconds are the better guide to the time on an idle one).
+TIMEFORMAT="%0R s, CPU %0U+%0S s"
+run() {  # run NAME ENV... -- writes $logs/NAME.log, NAME.status and NAME.seconds
   local name=$1; shift
-  local start=$SECONDS
-  env "$@" > "$logs/$name.log" 2>&1
+  { time env "$@" > "$logs/$name.log" 2>&1; } 2> "$logs/$name.seconds"
   echo $? > "$logs/$name.status"
-  echo "$((SECONDS - start))" > "$logs/$name.seconds"
 }
 
 failed=()
@@ -63,10 +64,9 @@ export PYTHONHASHSEED=0 TF_CPP_MIN_LOG_LEVEL=2
 # The oldest stack installs while the newest stack's suites run (it is mostly
 # downloading); its suites start when it is ready, taken by whichever lane is free.
 (
-  start=$SECONDS
-  install_oldest > "$logs/oldest-install-and-wheel.log" 2>&1
+  { time install_oldest > "$logs/oldest-install-and-wheel.log" 2>&1; } \
+    2> "$logs/oldest-install-and-wheel.seconds"
   echo $? > "$logs/oldest-install-and-wheel.status.tmp"
-  echo "$((SECONDS - start))" > "$logs/oldest-install-and-wheel.seconds"
   mv "$logs/oldest-install-and-wheel.status.tmp" "$logs/oldest-install-and-wheel.status"
 ) &
 
@@ -120,7 +120,7 @@ wait
 
 for name in keras3-tensorflow keras3-jax keras3-torch tf_keras \
     example-sentiment-vat-quick oldest-install-and-wheel "${oldest_suites[@]}"; do
-  echo "=== $name ($(cat "$logs/$name.seconds" 2>/dev/null || echo '?') s)"
+  echo "=== $name ($(cat "$logs/$name.seconds" 2>/dev/null || echo '? s'))"
   cat "$logs/$name.log" 2>/dev/null
   status=$(cat "$logs/$name.status" 2>/dev/null || echo missing)
   # pytest exits 5 when a suite collects no test: that is not a failure here.
