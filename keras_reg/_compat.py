@@ -22,10 +22,17 @@ import sys
 # The oldest releases the test suite passes on (tests run on both ends of the
 # range). Keep in step with pyproject.toml and requirements-oldest.txt.
 MINIMUM_VERSIONS = {
-    "keras": "3.8.0",
+    # 3.8: LossScaleOptimizer.iterations stays 0 (the step that schedules read
+    # under mixed_float16); 3.4: no per-output "<name>_loss" logs; 3.3:
+    # compute_loss has no `training` argument.
+    "keras": "3.9.0",
+    # The first release whose tf.keras is Keras 3 and that reads
+    # TF_USE_LEGACY_KERAS (the tf_keras / bert4keras path).
     "tensorflow": "2.16.1",
     "tf_keras": "2.16.0",
+    # The newest JAX that installs beside TensorFlow 2.16 (ml-dtypes 0.3).
     "jax": "0.4.30",
+    # The oldest PyTorch tested (CPU build).
     "torch": "2.13.0",
 }
 _PIP_NAMES = {"tf_keras": "tf-keras"}
