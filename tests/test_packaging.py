@@ -87,17 +87,18 @@ def test_version_tuple(text, expected):
 
 
 def test_an_old_release_is_an_error_naming_the_version_needed():
-    with pytest.raises(ImportError, match=r"needs keras >= 3\.9\.0, but keras 3\.8\.0"):
-        _compat.require("keras", "3.9.0", "keras_reg", installed="3.8.0")
+    message = r"needs keras >= 3\.12\.0, but keras 3\.11\.3"
+    with pytest.raises(ImportError, match=message):
+        _compat.require("keras", "3.12.0", "keras_reg", installed="3.11.3")
     with pytest.raises(ImportError, match=r"pip install -U 'tf-keras>=2\.16\.0'"):
         _compat.require("tf_keras", "2.16.0", "keras_reg", installed="2.15.1")
-    _compat.require("keras", "3.9.0", "keras_reg", installed="3.9.0")
+    _compat.require("keras", "3.12.0", "keras_reg", installed="3.12.0")
     _compat.require("torch", "2.13.0", "keras_reg", installed="2.13.0+cpu")
 
 
 def test_importing_with_an_old_keras_fails_at_once(monkeypatch):
-    monkeypatch.setattr(keras, "__version__", "3.8.0")
-    with pytest.raises(ImportError, match=r"keras_reg needs keras >= 3\.9\.0"):
+    monkeypatch.setattr(keras, "__version__", "3.11.3")
+    with pytest.raises(ImportError, match=r"keras_reg needs keras >= 3\.12\.0"):
         _compat.check_installed_versions()
 
 
