@@ -18,7 +18,7 @@ from keras_reg.training import install as install_regularizer
 from keras_reg.training import remove as remove_regularization
 from keras_reg.training.core import export as _export
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 globals().update(_export.public())
 
