@@ -609,6 +609,7 @@ class Step(abc.ABC):
         if gradient is None:
             return None
         ops = keras.ops
+        gradient = self.dense(gradient)
         factor = self.scale_loss(ops.ones((), "float32"))
         return gradient / ops.cast(factor, gradient.dtype)
 
