@@ -1,4 +1,60 @@
-"""The interface a regulariser sees inside one training step, on every backend."""
+"""The interface a regulariser sees inside one training step, on every backend.
+
+The contract: six framework primitives (abstract, one implementation per
+backend), and composites written once over them. A backend overrides a
+composite only where speed needs it, and ``tests/test_step_overrides.py``
+checks each override against the generic method.
+
+Primitives (abstract):
+
+    method              returns                            called by
+    ------------------  ---------------------------------  -------------------------
+    scale_loss          loss times the optimizer's loss    unscaled; the PGD, FreeLB
+                        scale (mixed precision)            and FreeFGM objectives;
+                                                           SAM / AWP
+    loss_gradients      d (scaled clean loss) / d v of     loss_gradient (FGM, PGD),
+                        the step's own pass, one backward  penalty_gradients,
+                        pass, constant or differentiable   the adversaries' clean
+                                                           term, SAM / AWP
+    output_gradients    d loss (or of(y_pred)) / d each    FreeLB, gradient penalty,
+                        lookup output of a layer           noise penalty
+    input_gradients     d of(y_pred) / d x                 input gradient penalty,
+                                                           noise penalty
+    training_loss       loss (and output) of one more      loss_with_perturbation,
+                        training pass: inputs replaced,    FreeLB, noise, SAM / AWP,
+                        a layer's output transformed, or   R-Drop
+                        variables at w + delta
+    value_and_gradient  a function's value and the         PGD's ascent, FreeLB's
+                        constant gradient of its           ascent, FreeFGM's carried
+                        objective w.r.t. tensors or        direction, gradient_of
+                        variables                          (VAT, per-task gradients)
+
+Composites (concrete, over the primitives) and their overrides:
+
+    method                    over                      overridden by
+    ------------------------  ------------------------  ----------------------------
+    loss_gradient             loss_gradients,           JAX (counts reads: unused
+                              global_sum                variable error; sharding)
+    penalty_gradients         loss_gradients, unscaled  -
+    loss_with_perturbation    training_loss             _plain_lookup / _rows (TF,
+                                                        JAX, torch: E[ids] + d[ids])
+    loss_plus_gradient_norm   penalty_gradients,        JAX (forward over reverse)
+                              loss_plus
+    gradient_of               value_and_gradient        -
+    scale_to_norm,            keras.ops                 TF (sparse rows, IndexedSlices)
+    clip_to_norm, dense,
+    add_perturbations,
+    squared_norm, linear_loss
+    clean_loss, clean_output, the trainer's loss        JAX (the recomputed clean
+    loss_plus                                           pass stands in for it)
+    replicas, global_sum,     identities on one device  TF (tf.distribute replicas)
+    global_mean, all_gather,
+    shard, draw_per_example
+
+The regularisers' own composites (PGD's projected ascent, FreeLB's averaged
+ascent, FreeFGM's carried direction, SAM / AWP's ``w + e(w)``, R-Drop's
+second pass) live with them in `keras_reg.training`.
+"""
 
 import abc
 
@@ -48,6 +104,12 @@ def finite_or_zero(step, gradients):
     return [masked(g) for g in gradients]
 
 
+_UNUSED = (
+    "The training loss does not depend on variable {name!r}: is the layer used "
+    "by the model's forward pass?"
+)
+
+
 class Step(abc.ABC):
     """One training step, as seen by a `keras_reg.training.TrainingRegularizer`.
 
@@ -92,6 +154,7 @@ class Step(abc.ABC):
         self._compute_loss = compute_loss
         self._metrics = metrics or {}
         self._states = states or {}
+        self._loss_gradient = {}  # id(variable) -> `loss_gradient`'s result
 
     def log(self, name, value):
         """Adds ``value`` to the ``fit`` log ``name`` (averaged over the epoch).
@@ -218,58 +281,142 @@ class Step(abc.ABC):
         return keras.ops.stop_gradient(keras.ops.cast(value, "float32"))
 
     @abc.abstractmethod
-    def loss_gradient(self, variable):
-        """Returns d (scaled clean loss) / d variable, sparse where the framework is.
+    def loss_gradients(self, variables, differentiable=False):
+        """Returns d (scaled clean loss) / d v for each variable, this replica's share.
 
-        The clean loss is ``loss`` times the optimizer's loss scale (mixed
-        precision): scaling keeps float16 gradients from underflowing, and a
-        non-finite gradient then makes the step's loss non-finite, so a
-        ``LossScaleOptimizer`` skips the step.
+        The gradients of the step's own clean pass (same inputs, weights and
+        dropout mask: TensorFlow and PyTorch read them off the trainer's pass,
+        JAX recomputes it), all taken in one backward pass, of ``loss`` times
+        the optimizer's loss scale (mixed precision: scaling keeps float16
+        gradients from underflowing; `unscaled` divides it out). A non-finite
+        gradient makes whatever is built from it, hence the step's loss,
+        non-finite, and a ``LossScaleOptimizer`` skips the step.
+
+        Args:
+            variables: Variables the regulariser declared as watched.
+            differentiable: Keep the gradients differentiable, for a penalty
+                inside the loss (double backprop: TF nested tapes, torch
+                ``create_graph``, JAX ``grad`` inside the loss); otherwise
+                they are constants.
+
+        Returns:
+            A list: sparse where the framework is (a `tf.IndexedSlices` for
+            an embedding matrix on TensorFlow), None where the loss does not
+            use a variable (zeros on JAX). Each replica's share, as the
+            framework would sum it: take `global_sum` for the global batch's.
+        """
+
+    def loss_gradient(self, variable):
+        """Returns d (scaled clean loss) / d variable of the global batch (constant).
+
+        Sparse where the framework is (see `loss_gradients`); the same
+        gradient for every call in the step. Used for an adversary's
+        direction, which is invariant to the loss scale.
 
         Args:
             variable: A variable that the regulariser declared as watched.
+
+        Raises:
+            ValueError: The training loss does not use ``variable``.
         """
+        key = id(variable)
+        if key not in self._loss_gradient:
+            (gradient,) = self.loss_gradients([variable])
+            if gradient is None:
+                raise ValueError(_UNUSED.format(name=variable.name))
+            # Each replica's loss is its shard's share of the global loss
+            # (Keras divides by the replicas): their sum is the global gradient.
+            self._loss_gradient[key] = self.global_sum(gradient)
+        return self._loss_gradient[key]
+
+    def penalty_gradients(self, variables):
+        """Returns dL/dv of the global batch for each variable, differentiable.
+
+        For a penalty inside the loss (double backprop), unscaled so that
+        squaring it is safe (see `loss_gradients`; None where unused).
+
+        Args:
+            variables: Variables the regulariser declared as watched.
+        """
+        return [
+            None if g is None else self.global_sum(self.unscaled(g))
+            for g in self.loss_gradients(variables, differentiable=True)
+        ]
+
+    def dense(self, gradient, variable=None):
+        """Returns ``gradient`` dense, or zeros like ``variable`` for None.
+
+        The generic composites take dense gradients: a backend whose
+        gradients are sparse (TensorFlow's `tf.IndexedSlices`) densifies here,
+        and overrides the composites where the sparse form is faster.
+        """
+        if gradient is None:
+            return keras.ops.zeros_like(variable.value)
+        return gradient
 
     @abc.abstractmethod
     def scale_loss(self, loss):
         """Returns ``loss`` times the optimizer's loss scale (mixed precision)."""
 
-    @abc.abstractmethod
     def scale_to_norm(self, gradient, epsilon):
         """Returns ``epsilon * gradient / ||gradient||_F`` (0 where the norm is 0).
 
         The norm is taken over the whole tensor. For a sparse gradient, repeated
-        rows are summed first, so the result equals the dense computation.
+        rows are summed first, so the result equals the dense computation (the
+        TensorFlow backend's override). A zero or non-finite norm (a NaN loss)
+        gives no perturbation at all.
         """
+        ops = keras.ops
+        # In float32: squaring a float16 gradient of the scaled loss overflows.
+        gradient = ops.cast(ops.convert_to_tensor(self.dense(gradient)), "float32")
+        norm = ops.sqrt(ops.sum(ops.square(gradient)))
+        usable = ops.logical_and(ops.isfinite(norm), norm > 0)
+        scale = ops.divide_no_nan(ops.cast(epsilon, gradient.dtype), norm)
+        return ops.where(usable, gradient * scale, ops.zeros_like(gradient))
 
-    @abc.abstractmethod
-    def loss_with_perturbation(self, layer, variable, perturbation):
+    def loss_with_perturbation(self, layer, variable, perturbation, keep_updates=True):
         """Returns the training loss of the batch with ``variable + perturbation``.
 
-        Runs a second training-mode forward pass with ``layer``'s ``variable``
-        perturbed, leaving the variable as it was, bit for bit, when it returns.
+        One more training-mode pass (`training_loss`) with ``layer``'s
+        ``variable`` perturbed, leaving the variable as it was, bit for bit.
         The returned loss is differentiable with respect to every trainable
-        weight, at the perturbed point; ``perturbation`` is a constant.
-        """
+        weight, at the perturbed point; ``perturbation`` is a constant (on
+        TensorFlow, the sparse rows of `scale_to_norm` where it gave them).
 
-    @abc.abstractmethod
-    def penalty_gradients(self, variables):
-        """Returns dL/dv for each variable, for use inside the loss (double backprop).
-
-        Unlike `loss_gradient`, the result is not a constant: a penalty built
-        from it (e.g. its squared norm) is differentiated by the step, second
-        derivatives included. Taken of the scaled loss, then divided by the
-        loss scale (mixed precision), so squaring it is safe; a non-finite
-        gradient makes the penalty, hence the step's loss, non-finite, and a
-        ``LossScaleOptimizer`` skips the step.
+        Where the layer is a plain lookup whose matrix nothing else reads
+        (`_plain_lookup`), the layer's output ``E[ids]`` becomes
+        ``E[ids] + delta[ids]``: the same numbers, without a second matrix.
 
         Args:
-            variables: Variables the regulariser declared as watched.
-
-        Returns:
-            A list of gradients (a `tf.IndexedSlices` on TensorFlow for an
-            embedding matrix; None for a variable the loss does not use).
+            layer: The layer owning ``variable`` (an embedding layer).
+            variable: The perturbed variable.
+            perturbation: A constant shaped like ``variable``.
+            keep_updates: Keep the pass's non-trainable updates (see
+                `training_loss`).
         """
+        perturbation = keras.tree.map_structure(
+            keras.ops.stop_gradient, perturbation
+        )
+        if self._plain_lookup(layer, variable):
+
+            def add_rows(output, ids):
+                rows = self._rows(perturbation, ids)
+                return output + keras.ops.cast(rows, output.dtype)
+
+            return self.training_loss(
+                layer=layer, transform=add_rows, keep_updates=keep_updates
+            )
+        return self.training_loss(
+            added=[(variable, perturbation)], keep_updates=keep_updates
+        )
+
+    def _plain_lookup(self, layer, variable):
+        """Whether adding ``delta[ids]`` to the layer's output is adding delta to E."""
+        return False
+
+    def _rows(self, perturbation, ids):
+        """The rows of a perturbation matrix at ``ids`` (see `scale_to_norm`)."""
+        return keras.ops.take(perturbation, keras.ops.cast(ids, "int32"), axis=0)
 
     @abc.abstractmethod
     def output_gradients(self, layer, of=None):
@@ -306,112 +453,38 @@ class Step(abc.ABC):
         """
 
     @abc.abstractmethod
-    def training_loss(self, x=None, layer=None, transform=None):
+    def training_loss(
+        self,
+        x=None,
+        layer=None,
+        transform=None,
+        added=(),
+        frozen=(),
+        keep_updates=True,
+        with_output=False,
+    ):
         """Returns the training loss of one more training-mode pass on the batch.
+
+        The pass draws fresh random numbers (an independent dropout mask) and
+        keeps its non-trainable updates, like the step's own pass; the loss is
+        differentiable with respect to every trainable weight, at the point
+        the pass ran at. Every variable holds its own value, bit for bit, when
+        it returns (values substituted in the pass, or saved values copied
+        back; never subtracted).
 
         Args:
             x: Inputs to use instead of the batch's (same structure).
             layer: A layer whose output ``transform(output, inputs)`` replaces.
             transform: See ``layer``.
-        """
-
-    @abc.abstractmethod
-    def weight_gradients(self, variables):
-        """Returns d (scaled clean loss) / d v for each variable, dense and constant.
-
-        The gradients of the step's own clean pass (same dropout mask), of
-        ``loss`` times the optimizer's loss scale as in `loss_gradient`; zeros
-        for a variable the loss does not use. Sparse gradients are densified.
-
-        Args:
-            variables: Variables the regulariser declared as watched.
-        """
-
-    @abc.abstractmethod
-    def loss_with_weight_perturbations(self, perturbations, frozen=()):
-        """Returns the training loss of one more pass at ``w + delta`` for each pair.
-
-        Every ``(variable, delta)`` pair is perturbed for the pass only: the
-        variables hold their own values, bit for bit, when it returns (values
-        substituted in the pass, or saved values copied back; never
-        subtracted). The loss is differentiable with respect to every trainable
-        weight, at the perturbed point (the deltas are constants). The pass
-        draws fresh random numbers (dropout) like any training pass.
-
-        Args:
-            perturbations: ``(variable, delta)`` pairs, ``delta`` shaped like
-                the variable.
+            added: ``(variable, delta)`` pairs: the pass runs at
+                ``variable + delta`` (the deltas are constants; on TensorFlow
+                a delta may be `scale_to_norm`'s sparse rows).
             frozen: Non-trainable variables whose updates in the pass are
                 discarded (e.g. BatchNormalization's moving statistics).
-        """
-
-    @abc.abstractmethod
-    def training_pass(self):
-        """Returns ``(y_pred, loss)`` of one more training-mode pass on the batch.
-
-        The pass draws fresh random numbers (an independent dropout mask) and
-        keeps its non-trainable updates, like the step's own pass; ``y_pred``
-        and ``loss`` are differentiable.
-        """
-
-    @abc.abstractmethod
-    def loss_gradient_at(self, layer, variable, perturbation):
-        """Returns d (scaled loss) / d variable at ``variable + perturbation``.
-
-        One more training-mode pass, perturbed as in `loss_with_perturbation`,
-        differentiated with respect to ``variable`` only: a constant, sparse
-        where the framework is (as `loss_gradient`). Used by iterative
-        adversaries (PGD) between the clean gradient and the final pass.
-        """
-
-    @abc.abstractmethod
-    def loss_and_gradient(self, function, value):
-        """Returns ``(function(value), d scaled function(value) / d value)``.
-
-        ``function`` builds a training loss with `training_loss` (e.g. with
-        ``value`` added to a layer's output). The loss stays differentiable
-        with respect to the model's weights (the step may return it, or a sum
-        of such losses); the gradient, of the loss times the loss scale, is a
-        constant. One forward and one backward pass (FreeLB's ascent steps).
-        """
-
-    @abc.abstractmethod
-    def clean_gradients(self, variables):
-        """Returns the clean loss and its gradients, for `linear_loss`.
-
-        The gradients of the step's own clean pass (TensorFlow, PyTorch: read
-        off the trainer's pass; JAX: the pass recomputed with the same dropout
-        mask), all taken in one backward pass. With `linear_loss` the step
-        then trains on them without differentiating the clean pass again:
-        ``L(E) + L(E + delta)`` costs one backward pass through each.
-
-        Args:
-            variables: Variables the regulariser declared as watched.
-
-        Returns:
-            ``(loss, gradients)``: the clean loss (a constant) and its
-            gradients (of the unscaled loss, constants; None where the loss
-            does not use a variable), this replica's share as the framework
-            would sum it (take `global_sum` for a direction); sparse where the
-            framework is.
-        """
-
-    @abc.abstractmethod
-    def gradients_with_perturbation(self, layer, variable, perturbation):
-        """Returns the loss at ``variable + perturbation`` and all its gradients.
-
-        Args:
-            layer: The layer owning ``variable`` (see `loss_with_perturbation`).
-            variable: The perturbed variable (an embedding matrix).
-            perturbation: A constant shaped like ``variable``.
-
-        Returns:
-            ``(loss, gradients)``: the loss's value (a constant) and its
-            gradients (of the unscaled loss, constants) with respect to
-            ``model.trainable_variables`` followed by ``variable`` when it is
-            not trainable; sparse where the framework is. With `linear_loss`
-            the step then trains on these gradients without differentiating
-            the pass again.
+            keep_updates: Whether the pass keeps its non-trainable updates on
+                JAX and PyTorch (TensorFlow always keeps them; inside
+                `value_and_gradient` JAX never does).
+            with_output: Return ``(y_pred, loss)`` instead of the loss.
         """
 
     def linear_loss(self, loss, variables, gradients):
@@ -419,7 +492,7 @@ class Step(abc.ABC):
 
         ``stop(loss) + (s - stop(s))`` with ``s = sum_i <g_i, v_i>``: the
         difference is exactly 0 and ``d s / d v_i = g_i`` exactly, so the
-        optimizer applies ``gradients`` (taken by `gradients_with_perturbation`)
+        optimizer applies ``gradients`` (taken by `value_and_gradient`)
         while the step's own backward pass costs one product per weight.
 
         Args:
@@ -440,7 +513,8 @@ class Step(abc.ABC):
     def _inner_product(self, gradient, variable):
         ops = keras.ops
         value = ops.cast(variable.value, "float32")
-        return ops.sum(ops.stop_gradient(ops.cast(gradient, "float32")) * value)
+        gradient = ops.cast(self.dense(gradient, variable), "float32")
+        return ops.sum(ops.stop_gradient(gradient) * value)
 
     def add_perturbations(self, first, second):
         """Returns ``first + second`` of two results of `scale_to_norm` (or sums)."""
@@ -516,15 +590,58 @@ class Step(abc.ABC):
         """
         if gradient is None:
             return keras.ops.zeros((), "float32")
-        return keras.ops.sum(keras.ops.square(keras.ops.cast(gradient, "float32")))
+        gradient = keras.ops.cast(self.dense(gradient), "float32")
+        return keras.ops.sum(keras.ops.square(gradient))
 
     @abc.abstractmethod
-    def gradient_of(self, function, value):
-        """Returns d function(value) / d value, a dense tensor shaped like ``value``.
+    def value_and_gradient(self, function, wrt):
+        """Returns ``function``'s value and the gradient of its objective.
 
-        Used by power iterations (VAT); the result is a constant for the
-        step's own gradient.
+        ``function(wrt)`` returns ``(objective, value)``; the result is
+        ``(value, d objective / d wrt)``. One forward and one backward pass
+        through whatever ``function`` runs (extra passes with `training_loss`,
+        `loss_with_perturbation`, `forward`); the step's own pass is not
+        differentiated. ``value`` stays differentiable with respect to the
+        model's weights that are not in ``wrt`` (a step may return it, or a sum
+        of such losses); the gradient is a constant.
+
+        Inside ``function`` the passes keep no non-trainable updates on JAX
+        (the function is traced for ``jax.grad``); on PyTorch and TensorFlow
+        a pass keeps them as its ``keep_updates`` says.
+
+        Args:
+            function: ``function(wrt) -> (objective, value)``, the objective a
+                scalar (scale it with `scale_loss` where it is a loss).
+            wrt: A tensor, a variable of the model, or a list of them. A
+                tensor is handed to ``function`` as a fresh differentiable
+                copy; a variable is handed as itself, and the passes that read
+                it are differentiated (on JAX its value is substituted).
+
+        Returns:
+            ``(value, gradients)``: ``gradients`` shaped like ``wrt``; for a
+            tensor a dense tensor (zeros where the objective does not use
+            it); for a variable sparse where the framework is (a
+            `tf.IndexedSlices` for an embedding matrix) and None where the
+            objective does not use it (zeros on JAX).
         """
+
+    def gradient_of(self, function, value):
+        """Returns d function(value) / d value, a dense constant shaped like ``value``.
+
+        Used by power iterations (VAT) and per-task gradients; see
+        `value_and_gradient`.
+        """
+        _, gradient = self.value_and_gradient(lambda v: (function(v), None), value)
+        return gradient
+
+    def unscaled(self, gradient):
+        """Returns a gradient of the scaled loss divided by the loss scale (or None)."""
+        if gradient is None:
+            return None
+        ops = keras.ops
+        gradient = self.dense(gradient)
+        factor = self.scale_loss(ops.ones((), "float32"))
+        return gradient / ops.cast(factor, gradient.dtype)
 
     def seed(self, generator):
         """Returns the ``seed`` argument of one random draw in this step.

@@ -119,6 +119,13 @@ class Step(stateless.Step):
         return list(zip(self.model.non_trainable_variables, self._recorder.state[1]))
 
     def loss_gradient(self, variable):
+        """The recomputed clean pass, with its reads of ``variable`` counted.
+
+        An override of `base.Step.loss_gradient` (the same numbers): an
+        unused variable is an error here too (JAX's gradient of it is zeros,
+        not None), and the gradient is laid out like the variable under a
+        distribution that shards it (`like_variable`).
+        """
         start = self._start_values()
 
         counts = reads.ReadCounts()
@@ -137,70 +144,16 @@ class Step(stateless.Step):
             variable.value
         )
         if counts.total == 0:
-            raise ValueError(
-                f"The training loss does not depend on variable {variable.name!r}: "
-                "is the layer used by the model's forward pass?"
-            )
+            raise ValueError(base._UNUSED.format(name=variable.name))
         self._keep_clean_pass(scaled, y_pred)
         return jax.lax.stop_gradient(like_variable(gradient, variable))
 
-    def weight_gradients(self, variables):
+    def loss_gradients(self, variables, differentiable=False):
         scaled, gradients = self._scaled_value_and_gradients(variables)
         self._keep_clean_pass(scaled)
+        if differentiable:
+            return list(gradients)
         return [jax.lax.stop_gradient(g) for g in gradients]
-
-    def loss_gradient_at(self, layer, variable, perturbation):
-        def scaled_loss(value):
-            loss = self.perturbed_pass(
-                layer, variable, perturbation, values=[(variable, value)], keep=False
-            )
-            return self.scale_loss(loss)
-
-        return jax.lax.stop_gradient(jax.grad(scaled_loss)(variable.value))
-
-    def loss_and_gradient(self, function, value):
-        def scaled_loss(value):
-            loss = function(value)
-            return self.scale_loss(loss), loss
-
-        self._discard_updates = True
-        try:
-            (_, loss), gradient = jax.value_and_grad(scaled_loss, has_aux=True)(
-                jax.lax.stop_gradient(value)
-            )
-        finally:
-            self._discard_updates = False
-        return loss, jax.lax.stop_gradient(gradient)
-
-    def clean_gradients(self, variables):
-        scaled, gradients = self._scaled_value_and_gradients(variables)
-        self._keep_clean_pass(scaled)
-        loss = self._unscaled(scaled).astype(self.loss.dtype)
-        gradients = [jax.lax.stop_gradient(self._unscaled(g)) for g in gradients]
-        return jax.lax.stop_gradient(loss), gradients
-
-    def gradients_with_perturbation(self, layer, variable, perturbation):
-        variables = list(self.model.trainable_variables)
-        if all(v is not variable for v in variables):
-            variables.append(variable)
-
-        def scaled_loss(values):
-            loss = self.perturbed_pass(
-                layer,
-                variable,
-                perturbation,
-                values=list(zip(variables, values)),
-                keep=False,
-            )
-            return self.scale_loss(loss), loss
-
-        # Constants for the trainer's own differentiation: the surrogate
-        # (`linear_loss`) is what it differentiates, not this pass.
-        (_, loss), gradients = jax.value_and_grad(scaled_loss, has_aux=True)(
-            jax.lax.stop_gradient([v.value for v in variables])
-        )
-        gradients = [jax.lax.stop_gradient(self._unscaled(g)) for g in gradients]
-        return jax.lax.stop_gradient(loss), gradients
 
     def iteration(self):
         iterations = self.model.optimizer.iterations
@@ -217,11 +170,6 @@ class Step(stateless.Step):
                 start=start, keep=False, layer=layer, transform=record
             )
         )
-
-    def penalty_gradients(self, variables):
-        scaled, gradients = self._scaled_value_and_gradients(variables)
-        self._keep_clean_pass(scaled)
-        return [self._unscaled(g) for g in gradients]
 
     def loss_plus_gradient_norm(self, variables, weight):
         """Forward over reverse: ``H v`` as the JVP of the gradient, then `linear_loss`.
@@ -259,12 +207,12 @@ class Step(stateless.Step):
             scaled_gradients, values, has_aux=True
         )
         self._keep_clean_pass(None, y_pred)
-        gradients = [self._unscaled(g) for g in scaled]
+        gradients = [self.unscaled(g) for g in scaled]
         direction = base.finite_or_zero(self, [
             g if id(v) in chosen else jax.numpy.zeros_like(g)
             for v, g in zip(trainable, gradients)
         ])
-        products = [self._unscaled(h) for h in product(direction)]
+        products = [self.unscaled(h) for h in product(direction)]
         penalty = weight * sum(self.squared_norm(g) for g in direction)
         total = [g + (2.0 * weight) * h for g, h in zip(gradients, products)]
         value = keras.ops.cast(loss, "float32") + penalty
@@ -332,7 +280,7 @@ class Step(stateless.Step):
             return jax.grad(scaled_loss)(zeros)
         scaled, gradients = jax.value_and_grad(scaled_loss)(zeros)
         self._keep_clean_pass(scaled)
-        return [self._unscaled(g) for g in gradients]
+        return [self.unscaled(g) for g in gradients]
 
     def input_gradients(self, of):
         start = self._start_values()
@@ -366,13 +314,53 @@ class Step(stateless.Step):
             return
         if self.loss is None or scaled.shape != keras.ops.shape(self.loss):
             return
-        self._recomputed_loss = self._unscaled(scaled).astype(self.loss.dtype)
+        self._recomputed_loss = self.unscaled(scaled).astype(self.loss.dtype)
 
-    def _unscaled(self, gradient):
+    def unscaled(self, gradient):
+        if gradient is None:
+            return None
         return gradient / self.scale_loss(jax.numpy.ones((), gradient.dtype))
 
-    def gradient_of(self, function, value):
-        return jax.lax.stop_gradient(jax.grad(function)(value))
+    def value_and_gradient(self, function, wrt):
+        single = not isinstance(wrt, (list, tuple))
+        leaves = [wrt] if single else list(wrt)
+        variables = [isinstance(leaf, keras.Variable) for leaf in leaves]
+        fallback = self._state_values()
+
+        def objective(values):
+            substitutions = [
+                (leaf, value)
+                for leaf, value, is_variable in zip(leaves, values, variables)
+                if is_variable
+            ]
+            given = [
+                leaf if is_variable else value
+                for leaf, value, is_variable in zip(leaves, values, variables)
+            ]
+            # The variables read their traced values in every pass inside.
+            scope = (
+                stateless.substituted(
+                    self.model, substitutions, keep_updates=False, fallback=fallback
+                )
+                if substitutions
+                else contextlib.nullcontext()
+            )
+            with scope:
+                return function(given[0] if single else given)
+
+        values = [
+            leaf.value if is_variable else leaf
+            for leaf, is_variable in zip(leaves, variables)
+        ]
+        discarding, self._discard_updates = self._discard_updates, True
+        try:
+            (_, value), gradients = jax.value_and_grad(objective, has_aux=True)(
+                jax.lax.stop_gradient(values)
+            )
+        finally:
+            self._discard_updates = discarding
+        gradients = [jax.lax.stop_gradient(g) for g in gradients]
+        return value, gradients[0] if single else gradients
 
     def scale_loss(self, loss):
         optimizer = self.model.optimizer

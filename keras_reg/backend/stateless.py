@@ -101,60 +101,39 @@ def substituted(
 class Step(base.Step):
     """`keras_reg.backend.base.Step` shared by the JAX and PyTorch backends.
 
-    Subclasses provide the autodiff (`loss_gradient`, `gradient_of`).
+    Subclasses provide the autodiff (`loss_gradient`, `value_and_gradient`).
     """
 
     def scale_loss(self, loss):
         optimizer = self.model.optimizer
         return optimizer.scale_loss(loss) if optimizer is not None else loss
 
-    def scale_to_norm(self, gradient, epsilon):
-        # In float32: squaring a float16 gradient of the scaled loss overflows.
-        gradient = ops.cast(ops.convert_to_tensor(gradient), "float32")
-        norm = ops.sqrt(ops.sum(ops.square(gradient)))
-        # A zero or non-finite norm (NaN loss) gives no perturbation at all.
-        usable = ops.logical_and(ops.isfinite(norm), norm > 0)
-        scale = ops.divide_no_nan(ops.cast(epsilon, gradient.dtype), norm)
-        return ops.where(usable, gradient * scale, ops.zeros_like(gradient))
-
-    def loss_with_perturbation(self, layer, variable, perturbation):
-        return self.perturbed_pass(layer, variable, perturbation)
-
-    def perturbed_pass(self, layer, variable, perturbation, values=(), keep=True):
-        """Returns the loss of a pass with ``variable + perturbation``.
-
-        Args:
-            layer: The layer owning ``variable``.
-            variable: The perturbed variable.
-            perturbation: Added to ``variable`` (a constant).
-            values: Other ``(variable, value)`` substitutions; ``variable``'s
-                own, if given, is the value perturbed.
-            keep: Keep the pass's non-trainable updates (see `substituted`).
-        """
-        perturbation = ops.stop_gradient(perturbation)
-        values = list(values)
-        if self._plain_lookup(layer, variable):
-            # E[ids] + delta[ids]: the same numbers, without a second matrix.
-            def add_rows(output, ids):
-                rows = ops.take(perturbation, ops.cast(ids, "int32"), axis=0)
-                return output + ops.cast(rows, output.dtype)
-
-            return self.pass_loss(
-                values=values, layer=layer, transform=add_rows, keep=keep
-            )
-        given = [value for v, value in values if v is variable]
-        base_value = given[0] if given else variable.value
-        perturbed = ops.add(base_value, ops.cast(perturbation, variable.dtype))
-        values = [(v, value) for v, value in values if v is not variable]
-        return self.pass_loss(values=values + [(variable, perturbed)], keep=keep)
-
     # Set while a pass runs inside an inner differentiation (JAX), where its
     # non-trainable updates cannot be written to the variables.
     _discard_updates = False
 
-    def training_loss(self, x=None, layer=None, transform=None):
+    def training_loss(
+        self,
+        x=None,
+        layer=None,
+        transform=None,
+        added=(),
+        frozen=(),
+        keep_updates=True,
+        with_output=False,
+    ):
+        values = [
+            (v, ops.add(v.value, ops.cast(ops.stop_gradient(d), v.dtype)))
+            for v, d in added
+        ]
         return self.pass_loss(
-            x=x, layer=layer, transform=transform, keep=not self._discard_updates
+            x=x,
+            values=values,
+            layer=layer,
+            transform=transform,
+            keep=keep_updates and not self._discard_updates,
+            discard=frozen,
+            output="both" if with_output else False,
         )
 
     def lookup_shapes(self, layer):
@@ -173,16 +152,6 @@ class Step(base.Step):
     def _shape_pass(self, layer, record):
         """Runs a pass that only ``record`` observes (abstract on JAX)."""
         self.pass_loss(keep=False, layer=layer, transform=record)
-
-    def loss_with_weight_perturbations(self, perturbations, frozen=()):
-        values = [
-            (v, ops.add(v.value, ops.cast(ops.stop_gradient(d), v.dtype)))
-            for v, d in perturbations
-        ]
-        return self.pass_loss(values=values, discard=frozen)
-
-    def training_pass(self):
-        return self.pass_loss(output="both")
 
     def pass_loss(
         self,

@@ -250,6 +250,18 @@ def _constant(gradient):
     return None if gradient is None else tf.stop_gradient(gradient)
 
 
+def _is_variable(value):
+    """Whether ``value`` is a variable (Keras 3, tf_keras or `tf.Variable`)."""
+    return isinstance(value, (tf.Variable, keras.Variable))
+
+
+def _dense_constant(gradient, like):
+    """``gradient`` of a tensor, dense and constant (zeros for None)."""
+    if gradient is None:
+        return tf.zeros_like(like)
+    return tf.stop_gradient(tf.convert_to_tensor(gradient))
+
+
 def _shape(tensor):
     """The shape of ``tensor``: static sizes where known, else dynamic ones."""
     dynamic = tf.shape(tensor)
@@ -265,52 +277,31 @@ def _dense(perturbation):
     return perturbation
 
 
-def _with(variables, variable):
-    """``variables``, then ``variable`` if it is not one of them (frozen)."""
-    variables = list(variables)
-    if all(v is not variable for v in variables):
-        variables.append(variable)
-    return variables
-
-
 class Step(base.Step):
     """`keras_reg.backend.base.Step` for Keras 3 models on TensorFlow."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._gradients = {}
-        # id(variable) -> d(scaled loss)/d it, as `clean_gradients` took it.
+        # id(variable) -> d(scaled loss)/d it: the tape gives one set of
+        # gradients, later calls in the step read them from here.
         self._taken = {}
         self._recorder.capturing = False
 
-    def loss_gradient(self, variable):
-        # A tape gives one gradient: keep it for later calls in this step.
-        key = id(variable)
-        if key not in self._gradients:
-            gradient = self._taken.get(key)
-            if gradient is None:
-                loss = self.scale_loss(self.loss)
-                gradient = self._recorder.tape.gradient(loss, raw_variable(variable))
-            if gradient is None:
-                raise ValueError(
-                    "The training loss does not depend on variable "
-                    f"{variable.name!r}: is the layer used by the model's forward "
-                    "pass?"
-                )
-            # Each replica's loss is its shard's share of the global loss
-            # (Keras divides by the replicas): their sum is the global gradient.
-            self._gradients[key] = self.global_sum(gradient)
-        return self._gradients[key]
+    def loss_gradients(self, variables, differentiable=False):
+        missing = [v for v in variables if id(v) not in self._taken]
+        if missing:
+            loss = self.scale_loss(self.loss)
+            taken = self._recorder.tape.gradient(
+                loss, [raw_variable(v) for v in missing]
+            )
+            self._taken.update((id(v), g) for v, g in zip(missing, taken))
+        gradients = [self._taken[id(v)] for v in variables]
+        return gradients if differentiable else [_constant(g) for g in gradients]
 
-    def penalty_gradients(self, variables):
-        loss = self.scale_loss(self.loss)
-        gradients = self._recorder.tape.gradient(
-            loss, [raw_variable(v) for v in variables]
-        )
-        return [
-            None if g is None else self.global_sum(self._unscaled(g))
-            for g in gradients
-        ]
+    def dense(self, gradient, variable=None):
+        if gradient is None:
+            return tf.zeros_like(raw_variable(variable))
+        return tf.convert_to_tensor(gradient)
 
     def _replica_context(self):
         """The replica context of a strategy with several replicas, else None."""
@@ -356,48 +347,33 @@ class Step(base.Step):
             return self._recorder.tape.gradient(of(self.y_pred), outputs)
         loss = self.scale_loss(self.loss)
         gradients = self._recorder.tape.gradient(loss, outputs)
-        return [self._unscaled(g) for g in gradients]
+        return [self.unscaled(g) for g in gradients]
 
     def input_gradients(self, of):
         return self._recorder.tape.gradient(of(self.y_pred), self._recorder.inputs)
 
-    def training_loss(self, x=None, layer=None, transform=None):
+    def training_loss(
+        self,
+        x=None,
+        layer=None,
+        transform=None,
+        added=(),
+        frozen=(),
+        keep_updates=True,
+        with_output=False,
+    ):
         x = self.x if x is None else x
-        context = (
-            contextlib.nullcontext()
-            if layer is None
-            else transformed_output(layer, transform)
-        )
-        with context:
-            y_pred = self.model(x, training=True)
-        return self._perturbed_loss(y_pred, x)
-
-    def weight_gradients(self, variables):
-        loss = self.scale_loss(self.loss)
-        raw = [raw_variable(v) for v in variables]
-        gradients = self._recorder.tape.gradient(loss, raw)
-        # Each replica's loss is its share of the global loss: the sum over
-        # the replicas is the global gradient.
-        return [
-            tf.zeros_like(r)
-            if g is None
-            else tf.stop_gradient(self.global_sum(tf.convert_to_tensor(g)))
-            for r, g in zip(raw, gradients)
-        ]
-
-    def loss_with_weight_perturbations(self, perturbations, frozen=()):
         with contextlib.ExitStack() as stack:
-            stack.enter_context(restored([raw_variable(v) for v in frozen]))
-            for variable, delta in perturbations:
-                stack.enter_context(
-                    perturbed(raw_variable(variable), tf.stop_gradient(delta))
-                )
-            y_pred = self.model(self.x, training=True)
-            return self._perturbed_loss(y_pred, self.x)
-
-    def training_pass(self):
-        y_pred = self.model(self.x, training=True)
-        return y_pred, self._perturbed_loss(y_pred, self.x)
+            if frozen:
+                stack.enter_context(restored([raw_variable(v) for v in frozen]))
+            for variable, delta in added:
+                delta = tf.nest.map_structure(tf.stop_gradient, delta)
+                stack.enter_context(perturbed(raw_variable(variable), delta))
+            if layer is not None:
+                stack.enter_context(transformed_output(layer, transform))
+            y_pred = self.model(x, training=True)
+            loss = self._perturbed_loss(y_pred, x)
+        return (y_pred, loss) if with_output else loss
 
     def squared_norm(self, gradient):
         if gradient is None:
@@ -412,7 +388,7 @@ class Step(base.Step):
             values = gradient
         return tf.reduce_sum(tf.square(tf.cast(values, tf.float32)))
 
-    def _unscaled(self, gradient):
+    def unscaled(self, gradient):
         if gradient is None:
             return None
         factor = self.scale_loss(tf.constant(1.0))
@@ -421,11 +397,28 @@ class Step(base.Step):
             return tf.IndexedSlices(values, gradient.indices, gradient.dense_shape)
         return gradient / tf.cast(factor, gradient.dtype)
 
-    def gradient_of(self, function, value):
-        with tf.GradientTape() as tape:
-            tape.watch(value)
-            result = function(value)
-        return tf.stop_gradient(tf.convert_to_tensor(tape.gradient(result, value)))
+    def value_and_gradient(self, function, wrt):
+        single = not isinstance(wrt, (list, tuple))
+        leaves = [wrt] if single else list(wrt)
+        variables = [_is_variable(leaf) for leaf in leaves]
+        sources = [
+            raw_variable(leaf) if is_variable else tf.stop_gradient(leaf)
+            for leaf, is_variable in zip(leaves, variables)
+        ]
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            for source in sources:
+                tape.watch(source)
+            given = [
+                leaf if is_variable else source
+                for leaf, source, is_variable in zip(leaves, sources, variables)
+            ]
+            objective, value = function(given[0] if single else given)
+        gradients = tape.gradient(objective, sources)
+        gradients = [
+            _constant(g) if is_variable else _dense_constant(g, source)
+            for g, source, is_variable in zip(gradients, sources, variables)
+        ]
+        return value, gradients[0] if single else gradients
 
     def scale_loss(self, loss):
         optimizer = self.model.optimizer
@@ -434,60 +427,8 @@ class Step(base.Step):
     def scale_to_norm(self, gradient, epsilon):
         return scale_to_norm(gradient, epsilon, dense=self._dense())
 
-    def loss_with_perturbation(self, layer, variable, perturbation):
-        perturbation = tf.nest.map_structure(tf.stop_gradient, perturbation)
-        if self._plain_lookup(layer, variable):
-
-            def add_rows(output, ids):
-                return output + tf.cast(lookup(perturbation, ids), output.dtype)
-
-            context = transformed_output(layer, add_rows)
-        else:
-            context = perturbed(raw_variable(variable), perturbation)
-        with context:
-            y_pred = self.model(self.x, training=True)
-            return self._perturbed_loss(y_pred, self.x)
-
-    def loss_gradient_at(self, layer, variable, perturbation):
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(raw_variable(variable))
-            scaled = self.scale_loss(
-                self.loss_with_perturbation(layer, variable, perturbation)
-            )
-        # The replicas' shares summed: the global batch's gradient.
-        return _constant(self.global_sum(tape.gradient(scaled, raw_variable(variable))))
-
-    def loss_and_gradient(self, function, value):
-        value = tf.nest.map_structure(tf.stop_gradient, value)
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(value)
-            loss = function(value)
-            scaled = self.scale_loss(loss)
-        gradient = tape.gradient(scaled, value)
-        return loss, tf.nest.map_structure(tf.stop_gradient, gradient)
-
-    def gradients_with_perturbation(self, layer, variable, perturbation):
-        variables = _with(self.model.trainable_variables, variable)
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            for v in variables:
-                tape.watch(raw_variable(v))
-            loss = self.loss_with_perturbation(layer, variable, perturbation)
-            scaled = self.scale_loss(loss)
-        gradients = tape.gradient(scaled, [raw_variable(v) for v in variables])
-        gradients = [_constant(self._unscaled(g)) for g in gradients]
-        return tf.stop_gradient(loss), gradients
-
-    def clean_gradients(self, variables):
-        scaled = self.scale_loss(self.loss)
-        gradients = self._recorder.tape.gradient(
-            scaled, [raw_variable(v) for v in variables]
-        )
-        # The tape is spent: later `loss_gradient` calls read these.
-        self._taken.update(
-            (id(v), g) for v, g in zip(variables, gradients) if g is not None
-        )
-        gradients = [_constant(self._unscaled(g)) for g in gradients]
-        return tf.stop_gradient(self.loss), gradients
+    def _rows(self, perturbation, ids):
+        return lookup(perturbation, ids)
 
     def _inner_product(self, gradient, variable):
         if isinstance(gradient, tf.IndexedSlices):

@@ -116,82 +116,23 @@ class Step(stateless.Step):
         super().__init__(*args, **kwargs)
         self._recorder.capturing = False
 
-    def loss_gradient(self, variable):
-        loss = self.scale_loss(self.loss)
-        (gradient,) = torch.autograd.grad(
-            loss, variable.value, retain_graph=True, allow_unused=True
-        )
-        if gradient is None:
-            raise ValueError(
-                f"The training loss does not depend on variable {variable.name!r}: "
-                "is the layer used by the model's forward pass?"
-            )
-        return gradient.detach()
-
-    def weight_gradients(self, variables):
-        loss = self.scale_loss(self.loss)
-        tensors = [v.value for v in variables]
+    def loss_gradients(self, variables, differentiable=False):
         gradients = torch.autograd.grad(
-            loss, tensors, retain_graph=True, allow_unused=True
+            self.scale_loss(self.loss),
+            [v.value for v in variables],
+            create_graph=differentiable,
+            retain_graph=True,
+            allow_unused=True,
         )
-        return [
-            torch.zeros_like(t) if g is None else g.detach()
-            for t, g in zip(tensors, gradients)
-        ]
-
-    def loss_gradient_at(self, layer, variable, perturbation):
-        loss = self.perturbed_pass(layer, variable, perturbation, keep=False)
-        (gradient,) = torch.autograd.grad(
-            self.scale_loss(loss), variable.value, allow_unused=True
-        )
-        if gradient is None:
-            return torch.zeros_like(variable.value)
-        return gradient.detach()
-
-    def loss_and_gradient(self, function, value):
-        value = keras.tree.map_structure(
-            lambda t: t.detach().requires_grad_(True), value
-        )
-        loss = function(value)
-        leaves = keras.tree.flatten(value)
-        gradients = torch.autograd.grad(
-            self.scale_loss(loss), leaves, retain_graph=True, allow_unused=True
-        )
-        gradients = [
-            torch.zeros_like(t) if g is None else g.detach()
-            for t, g in zip(leaves, gradients)
-        ]
-        return loss, keras.tree.pack_sequence_as(value, gradients)
-
-    def clean_gradients(self, variables):
-        tensors = [v.value for v in variables]
-        gradients = torch.autograd.grad(
-            self.scale_loss(self.loss), tensors, retain_graph=True, allow_unused=True
-        )
-        factor = self.scale_loss(torch.ones((), device=self.loss.device))
-        gradients = [None if g is None else (g / factor).detach() for g in gradients]
-        return self.loss.detach(), gradients
-
-    def gradients_with_perturbation(self, layer, variable, perturbation):
-        variables = list(self.model.trainable_variables)
-        if all(v is not variable for v in variables):
-            variables.append(variable)
-        loss = self.perturbed_pass(layer, variable, perturbation)
-        gradients = torch.autograd.grad(
-            self.scale_loss(loss), [v.value for v in variables], allow_unused=True
-        )
-        factor = self.scale_loss(torch.ones((), device=loss.device))
-        gradients = [None if g is None else (g / factor).detach() for g in gradients]
-        return loss.detach(), gradients
+        if differentiable:
+            return list(gradients)
+        return [None if g is None else g.detach() for g in gradients]
 
     def lookup_shapes(self, layer):
         outputs = self._recorder.outputs[id(layer)]
         if not outputs:
             raise ValueError(base.NO_LOOKUP.format(name=layer.name))
         return [tuple(output.shape) for output in outputs]
-
-    def penalty_gradients(self, variables):
-        return self._differentiable([v.value for v in variables])
 
     def output_gradients(self, layer, of=None):
         outputs = self._recorder.outputs[id(layer)]
@@ -220,9 +161,34 @@ class Step(stateless.Step):
         factor = self.scale_loss(torch.ones((), device=loss.device))
         return [None if g is None else g / factor for g in gradients]
 
-    def gradient_of(self, function, value):
-        value = torch.as_tensor(value).detach().requires_grad_(True)
+    def value_and_gradient(self, function, wrt):
+        single = not isinstance(wrt, (list, tuple))
+        leaves = [wrt] if single else list(wrt)
+        variables = [isinstance(leaf, keras.Variable) for leaf in leaves]
+        sources = [
+            leaf.value
+            if is_variable
+            else torch.as_tensor(leaf).detach().requires_grad_(True)
+            for leaf, is_variable in zip(leaves, variables)
+        ]
+        given = [
+            leaf if is_variable else source
+            for leaf, source, is_variable in zip(leaves, sources, variables)
+        ]
         with torch.enable_grad():
-            result = function(value)
-            (gradient,) = torch.autograd.grad(result, value)
-        return gradient.detach()
+            objective, value = function(given[0] if single else given)
+            gradients = torch.autograd.grad(
+                objective, sources, retain_graph=True, allow_unused=True
+            )
+        gradients = [
+            g.detach()
+            if g is not None
+            else (None if is_variable else torch.zeros_like(source))
+            for g, source, is_variable in zip(gradients, sources, variables)
+        ]
+        return value, gradients[0] if single else gradients
+
+    def unscaled(self, gradient):
+        if gradient is None:
+            return None
+        return gradient / self.scale_loss(torch.ones((), device=gradient.device))

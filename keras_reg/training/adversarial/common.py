@@ -35,16 +35,19 @@ def clean_gradient(step, matrix, add_clean_loss):
     """Returns the clean gradient dL/dE (global) and the clean term, or None.
 
     With ``add_clean_loss`` every clean gradient is taken in one backward
-    pass (`Step.clean_gradients`) and the clean term is `Step.linear_loss` of
+    pass (`Step.loss_gradients`) and the clean term is `Step.linear_loss` of
     them: the step's own backward pass then does not go through the clean pass
-    again (rather than one backward pass to E for the direction and then the
-    trainer's full backward pass of the clean loss). Otherwise only dL/dE is
-    taken (of the scaled loss: the direction is invariant to the loss scale).
+    again (one backward pass through each of L(E) and L(E + delta), not the
+    pass to E for the direction and then the trainer's full backward pass of
+    the clean loss). Otherwise only dL/dE is taken (of the scaled loss: the
+    direction is invariant to the loss scale).
     """
     if not add_clean_loss:
         return step.loss_gradient(matrix), None
     variables = clean_term_variables(step.model, matrix)
-    loss, gradients = step.clean_gradients(variables)
+    gradients = [step.unscaled(g) for g in step.loss_gradients(variables)]
+    # The clean loss of the pass differentiated (JAX: the recomputed one).
+    loss = ops.stop_gradient(step.clean_loss())
     index = next(i for i, v in enumerate(variables) if v is matrix)
     direction = step.global_sum(gradients[index])
     return direction, step.linear_loss(loss, variables, gradients)

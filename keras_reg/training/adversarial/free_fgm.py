@@ -73,11 +73,21 @@ class FreeFGM(FGM):
         matrix = embedding_matrix(layer)
         state = step.state(_STATE)
         delta = ops.stop_gradient(ops.convert_to_tensor(state))
-        loss, gradients = step.gradients_with_perturbation(layer, matrix, delta)
         variables = list(step.model.trainable_variables)
         index = next(
             (i for i, v in enumerate(variables) if v is matrix), len(variables)
         )
+        wrt = variables + ([matrix] if index == len(variables) else [])
+
+        def objective(_):
+            loss = step.loss_with_perturbation(layer, matrix, delta)
+            return step.scale_loss(loss), loss
+
+        # One pass at E + delta, differentiated once: its gradients train the
+        # weights (through `linear_loss`) and give the next direction.
+        loss, gradients = step.value_and_gradient(objective, wrt)
+        loss = ops.stop_gradient(loss)
+        gradients = [step.unscaled(g) for g in gradients]
         epsilon = schedule.current(step, self.epsilon)
         # The next direction comes from the global batch's embedding gradient
         # (the same on every replica); the weights' gradients stay each

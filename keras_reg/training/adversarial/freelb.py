@@ -108,9 +108,8 @@ class FreeLB(TrainingRegularizer):
             elif last:
                 loss = step.training_loss(layer=layer, transform=_adder(deltas))
             else:
-                loss, gradients = step.loss_and_gradient(
-                    lambda d: step.training_loss(layer=layer, transform=_adder(d)),
-                    deltas,
+                loss, gradients = step.value_and_gradient(
+                    _perturbed_loss(step, layer), deltas
                 )
             losses.append(loss)
             if not last:
@@ -144,6 +143,21 @@ class FreeLB(TrainingRegularizer):
             "init_scale": self.init_scale,
             "seed": self.seed,
         }
+
+
+def _perturbed_loss(step, layer):
+    """``deltas -> (scaled loss, loss)`` of a pass with the deltas added.
+
+    One forward and one backward pass per ascent step: the loss stays
+    differentiable with respect to the weights (the step averages the losses),
+    the gradient with respect to the deltas is of the scaled loss.
+    """
+
+    def objective(deltas):
+        loss = step.training_loss(layer=layer, transform=_adder(deltas))
+        return step.scale_loss(loss), loss
+
+    return objective
 
 
 def _adder(deltas):

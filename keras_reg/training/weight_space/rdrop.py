@@ -71,7 +71,7 @@ class RDrop(TrainingRegularizer):
 
     def regularized_loss(self, step):
         kind = output_kind(step.model, self.predictions, warn=False, who="RDrop")
-        y_pred, loss = step.training_pass()
+        y_pred, loss = step.training_loss(with_output=True)
         # The KL is a mean over the global batch; each replica adds its share
         # (the framework sums the replicas' gradients).
         symmetric = step.global_mean(symmetric_kl(step.y_pred, y_pred, kind))

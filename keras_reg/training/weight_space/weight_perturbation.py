@@ -50,8 +50,15 @@ def _float32(value):
 
 
 def _unscaled_gradients(step, variables):
-    """The clean gradients, float32, divided by the loss scale (mixed precision)."""
-    gradients = step.weight_gradients(variables)
+    """The clean gradients, float32, divided by the loss scale (mixed precision).
+
+    Dense, of the global batch (the replicas' shares summed), zeros for a
+    variable the loss does not use; one backward pass for all of them.
+    """
+    gradients = [
+        step.dense(g, v) if g is None else step.global_sum(step.dense(g, v))
+        for g, v in zip(step.loss_gradients(variables), variables)
+    ]
     factor = _float32(step.scale_loss(ops.ones((), "float32")))
     return [_float32(g) / factor for g in gradients]
 
@@ -113,8 +120,9 @@ class _WeightPerturbation(TrainingRegularizer):
         values = [ops.stop_gradient(_float32(v)) for v in variables]
         deltas = self.perturbations(variables, values, gradients, step)
         frozen = [] if self.update_batch_norm else _batch_norm_statistics(step.model)
-        perturbed = step.loss_with_weight_perturbations(
-            list(zip(variables, deltas)), frozen=frozen
+        # One more pass at w + e(w), the weights' own values kept bit for bit.
+        perturbed = step.training_loss(
+            added=list(zip(variables, deltas)), frozen=frozen
         )
         step.log("sharpness", _float32(perturbed) - _float32(step.clean_loss()))
         return perturbed
