@@ -205,6 +205,20 @@ def test_inbound_input_tensors_are_the_layer_inputs():
     assert internals.inbound_input_tensors(object()) == []
 
 
+def test_producing_layer_and_node_inputs_walk_a_functional_graph():
+    model = _two_outputs()
+    made_by = internals.producing_layer(model.outputs[0])
+    assert made_by is not None, f"KerasTensor._keras_history is gone in {VERSION}"
+    layer, node_index = made_by
+    assert layer.name in ("a", "b")
+    fed = internals.node_input_tensors(layer, node_index)
+    assert len(fed) == 1, f"Layer._inbound_nodes[i].input_tensors changed in {VERSION}"
+    shared, _ = internals.producing_layer(fed[0])
+    assert shared.name == "shared"
+    assert internals.producing_layer(np.zeros(3)) is None
+    assert internals.node_input_tensors(layer, 99) == []
+
+
 def test_loss_function_options_are_the_wrapped_function_kwargs():
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     _require(loss, "_fn_kwargs")

@@ -283,6 +283,48 @@ def inbound_input_tensors(layer):
     return fed
 
 
+def producing_layer(tensor):
+    """Returns ``(layer, node_index)`` of the call that made a symbolic tensor.
+
+    Reads ``KerasTensor._keras_history`` (Keras 3.0-3.15; tf_keras 2.15-2.21
+    keeps the same attribute on its symbolic tensors). Fallback: None for a
+    tensor without it (an eager value, a subclassed model's output), and the
+    caller then has no graph to walk. Public alternative: none; a functional
+    model's ``operations`` list the layers, not which one made a tensor.
+    """
+    history = getattr(tensor, "_keras_history", None)
+    if history is None:
+        return None
+    return history[0], history[1]
+
+
+def node_input_tensors(layer, node_index):
+    """Returns the symbolic tensors fed to ``layer``'s call ``node_index``.
+
+    Reads ``Layer._inbound_nodes`` and the node's ``input_tensors`` (Keras
+    3.0-3.15, tf_keras 2.15-2.21; ``keras_inputs`` in older tf_keras).
+    Fallback: ``[]`` when the node is not there. Public alternative:
+    ``layer.input``, which raises for a layer called more than once.
+    """
+    nodes = getattr(layer, "_inbound_nodes", None) or []
+    if node_index >= len(nodes):
+        return []
+    node = nodes[node_index]
+    inputs = getattr(node, "input_tensors", None)
+    if inputs is None:
+        inputs = getattr(node, "keras_inputs", [])
+    return _leaves(inputs)
+
+
+def _leaves(structure):
+    """The leaves of nested lists, tuples and dicts (Keras 3 or tf_keras)."""
+    if isinstance(structure, dict):
+        structure = list(structure.values())
+    if isinstance(structure, (list, tuple)):
+        return [leaf for item in structure for leaf in _leaves(item)]
+    return [structure]
+
+
 def loss_function_options(loss):
     """Returns the keyword arguments a ``LossFunctionWrapper`` passes its function.
 

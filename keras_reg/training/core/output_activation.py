@@ -6,6 +6,8 @@ logits or a regression output (linear). A subclassed model declares nothing:
 its outputs are not read.
 """
 
+from keras_reg.backend import keras_internals
+
 _PROBABILITIES = ("softmax", "sigmoid", "log_softmax")
 _PROBABILITY_LAYERS = ("Softmax",)
 
@@ -43,10 +45,10 @@ def linear_outputs(model):
     """
     layers = []
     for tensor in _output_tensors(model):
-        history = getattr(tensor, "_keras_history", None)
-        if history is None:
+        made_by = keras_internals.producing_layer(tensor)
+        if made_by is None:
             return []
-        layers.append(history[0])
+        layers.append(made_by[0])
     if not layers or any(_kind_of(layer) != "linear" for layer in layers):
         return []
     return [layer.name for layer in layers]

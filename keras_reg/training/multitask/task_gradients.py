@@ -7,7 +7,7 @@ costs one forward and backward pass per task.
 """
 
 from keras_reg._compat import keras
-from keras_reg.backend import task_losses
+from keras_reg.backend import keras_internals, task_losses
 
 ops = keras.ops
 
@@ -23,27 +23,19 @@ def inverse(norm):
 def upstream_layers(tensor):
     """Returns the ids of the layers a symbolic tensor is computed from.
 
-    Walks a functional model's graph (Keras 3 and tf_keras keep the layer
-    that made a symbolic tensor in ``_keras_history`` and its inputs in the
-    layer's inbound nodes).
+    Walks a functional model's graph (`keras_reg.backend.keras_internals`
+    gives the layer call that made a symbolic tensor, and that call's inputs).
     """
     found, stack, seen = set(), [tensor], set()
     while stack:
         current = stack.pop()
-        history = getattr(current, "_keras_history", None)
-        if history is None or id(current) in seen:
+        made_by = keras_internals.producing_layer(current)
+        if made_by is None or id(current) in seen:
             continue
         seen.add(id(current))
-        layer, node_index = history[0], history[1]
+        layer, node_index = made_by
         found.add(id(layer))
-        nodes = getattr(layer, "_inbound_nodes", None) or []
-        if node_index >= len(nodes):
-            continue
-        node = nodes[node_index]
-        inputs = getattr(node, "input_tensors", None)
-        if inputs is None:
-            inputs = getattr(node, "keras_inputs", [])
-        stack.extend(_flat(inputs))
+        stack.extend(keras_internals.node_input_tensors(layer, node_index))
     return found
 
 
@@ -68,12 +60,13 @@ def check_upstream_of_outputs(model, layer):
             layers every output reads.
     """
     outputs = _flat(getattr(model, "outputs", None) or [])
-    if len(outputs) < 2 or not all(hasattr(o, "_keras_history") for o in outputs):
+    made_by = [keras_internals.producing_layer(o) for o in outputs]
+    if len(outputs) < 2 or any(m is None for m in made_by):
         return
     upstream = [upstream_layers(output) for output in outputs]
     missing = [
-        getattr(output._keras_history[0], "name", repr(output))
-        for output, found in zip(outputs, upstream)
+        getattr(layer_, "name", repr(output))
+        for output, (layer_, _), found in zip(outputs, made_by, upstream)
         if id(layer) not in found
     ]
     if not missing:
