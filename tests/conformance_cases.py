@@ -81,12 +81,6 @@ PERTURBING = sorted(name for name, case in CASES.items() if case.perturbing)
 # (case, check, framework name or None for every framework) -> (the defect,
 # the exception it raises).
 KNOWN_FAILURES = {}
-KNOWN_FAILURES["balance-gradient", "nan-mixed", "tf_keras"] = (
-    "LossBalancing under mixed_float16 on tf_keras with a layer regularisation "
-    "loss: the balanced sum stays float16 and adding the float32 model.losses "
-    "raises TypeError (multitask/balancing.py, regularized_loss)",
-    TypeError,
-)
 
 
 def public_regularizer_classes():

@@ -230,9 +230,13 @@ class LossBalancing(TrainingRegularizer):
             balanced = balanced + ops.cast(factor, value.dtype) * value
             if term in logged:
                 step.log(term, factor)
-        return task_losses.scale_for_replicas(
-            model, balanced
-        ) + task_losses.added_losses(model)
+        balanced = task_losses.scale_for_replicas(model, balanced)
+        added = task_losses.added_losses(model)
+        if hasattr(added, "dtype") and added.dtype != balanced.dtype:
+            # Mixed precision on tf_keras: float16 task losses and float32
+            # regularisation losses add in float32, as tf_keras's own sum does.
+            balanced, added = ops.cast(balanced, "float32"), ops.cast(added, "float32")
+        return balanced + added
 
     def _task_factors(self, step, tasks):
         """Returns a_i for each task (before the compiled loss_weights)."""
