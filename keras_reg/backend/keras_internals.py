@@ -313,15 +313,19 @@ def node_input_tensors(layer, node_index):
     inputs = getattr(node, "input_tensors", None)
     if inputs is None:
         inputs = getattr(node, "keras_inputs", [])
-    return _leaves(inputs)
+    return leaves(inputs)
 
 
-def _leaves(structure):
-    """The leaves of nested lists, tuples and dicts (Keras 3 or tf_keras)."""
+def leaves(structure):
+    """The leaves of nested lists, tuples and dicts (Keras 3 or tf_keras).
+
+    tf_keras's symbolic structures are not always ``keras.tree`` structures,
+    so the graph walks here and in ``training/`` flatten with this.
+    """
     if isinstance(structure, dict):
         structure = list(structure.values())
     if isinstance(structure, (list, tuple)):
-        return [leaf for item in structure for leaf in _leaves(item)]
+        return [leaf for item in structure for leaf in leaves(item)]
     return [structure]
 
 

@@ -39,15 +39,6 @@ def upstream_layers(tensor):
     return found
 
 
-def _flat(structure):
-    """The leaves of nested lists, tuples and dicts (Keras 3 or tf_keras)."""
-    if isinstance(structure, dict):
-        structure = list(structure.values())
-    if isinstance(structure, (list, tuple)):
-        return [leaf for item in structure for leaf in _flat(item)]
-    return [structure]
-
-
 def check_upstream_of_outputs(model, layer):
     """Raises unless ``layer`` is upstream of every output of a functional model.
 
@@ -59,7 +50,7 @@ def check_upstream_of_outputs(model, layer):
         ValueError: Naming the outputs that do not read the layer, and the
             layers every output reads.
     """
-    outputs = _flat(getattr(model, "outputs", None) or [])
+    outputs = keras_internals.leaves(getattr(model, "outputs", None) or [])
     made_by = [keras_internals.producing_layer(o) for o in outputs]
     if len(outputs) < 2 or any(m is None for m in made_by):
         return
