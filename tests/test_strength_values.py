@@ -1,5 +1,7 @@
 """Strengths at the edges: huge finite values, schedules that go wrong."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -93,8 +95,43 @@ def test_a_schedule_going_negative_or_nan_later_perturbs_nothing(name, later, rn
     def ramp(value):
         return lambda step: ops.where(step < 1, 1.0, value)
 
-    bad = _fit(SCHEDULED[name](ramp(later)), rng, epochs=3)
-    zero = _fit(SCHEDULED[name](ramp(0.0)), rng, epochs=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bad = _fit(SCHEDULED[name](ramp(later)), rng, epochs=3)
+        told = _schedule_warnings(caught)
+        zero = _fit(SCHEDULED[name](ramp(0.0)), rng, epochs=3)
+    # Warned once, at the end of the first epoch, naming the value and step.
+    assert len(told) == 1, told
+    assert f"`epsilon` schedule returned {later!r} at step 1" in told[0]
+    assert "used epsilon=0 instead" in told[0]
+    assert len(_schedule_warnings(caught)) == 1  # a valid schedule: none
     assert np.isfinite(np.concatenate([b.ravel() for b in bad])).all()
     np.testing.assert_array_equal(np.concatenate([b.ravel() for b in bad]),
                                   np.concatenate([z.ravel() for z in zero]))
+
+
+def _schedule_warnings(caught):
+    return [str(w.message) for w in caught if "schedule returned" in str(w.message)]
+
+
+def test_a_schedule_is_checked_from_the_step_it_was_installed_at(rng):
+    model = models.build("functional")
+    model.compile(loss="sparse_categorical_crossentropy", optimizer="sgd")
+    x, y, w = models.batch(np.random.default_rng(1))
+    models.fit_one_batch(model, x, y, w, epochs=2)  # steps 0 and 1, plain
+    keras_reg.install_regularizer(
+        model, keras_reg.FGM("emb", epsilon=lambda step: 1.0 - ops.minimum(step, 1.0))
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        models.fit_one_batch(model, x, y, w, epochs=1)
+    assert _schedule_warnings(caught) == []  # 0 at step 2: valid
+    keras_reg.install_regularizer(
+        model, keras_reg.FGM("emb", epsilon=lambda step: 3.0 - step)
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        models.fit_one_batch(model, x, y, w, epochs=2)
+    # Steps 3 and 4 ran with it: -0.0 is valid, -1.0 at step 4 is not.
+    told = _schedule_warnings(caught)
+    assert len(told) == 1 and "returned -1.0 at step 4" in told[0], told

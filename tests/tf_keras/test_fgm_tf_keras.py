@@ -5,6 +5,7 @@ runner); bert4keras is imported first, as its users do.
 """
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -126,3 +127,15 @@ def test_logged_terms_are_not_model_weights():
     keras_reg.remove_regularization(model)
     assert len(model.get_weights()) == count
     assert "adversarial_loss" not in model.fit(x, y, verbose=0).history
+
+
+def test_a_schedule_going_negative_is_reported_once_at_the_epoch_end():
+    (E, W, b), (x, y, w) = models.data()
+    model = models.compiled("sequential", keras=tf_keras)
+    model.set_weights([E, W, b])
+    keras_reg.adversarial_training(model, "emb", epsilon=lambda step: 1.0 - step)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        models.fit_one_batch(model, x, y, w, epochs=3)
+    told = [str(c.message) for c in caught if "schedule returned" in str(c.message)]
+    assert len(told) == 1 and "returned -1.0 at step 2" in told[0], told

@@ -29,11 +29,14 @@ import threading
 import types
 import warnings
 
+import numpy as np
+
 from keras_reg import backend
 from keras_reg._compat import keras
 from keras_reg.backend import keras_internals
 from keras_reg.training.core.layer_calls import check_called, recorded_calls
 from keras_reg.training.core.regularizer import TrainingRegularizer
+from keras_reg.training.core.schedule_check import ScheduleCheck
 
 _ATTRIBUTES = ("train_step", "compute_loss", "get_metrics_result")
 # Keras's JAX trainer: returns the forward pass's output with the loss.
@@ -64,6 +67,7 @@ class _Installation:
             name: self.backend.attach_state(model, name, shape)
             for name, shape in regularizer.carried_state(model).items()
         }
+        self.schedule_check = ScheduleCheck(regularizer, _iterations(model))
         # Per thread: under tf.distribute.MirroredStrategy each replica traces
         # its step in a thread of its own, on this one installation.
         self._local = threading.local()
@@ -165,6 +169,9 @@ class _Installation:
         if not self.training:
             for name in self.metrics:
                 results.pop(name, None)
+            # On the host, where fit reads the metrics at the end of an epoch.
+            if self.schedule_check.strengths:
+                self.schedule_check.check(_iterations(self.model))
         return results
 
     def compute_loss(self, *args, **kwargs):
@@ -219,6 +226,11 @@ _NO_COMPUTE_LOSS = (
     "(Keras 3) or `self.compute_loss(x, y, y_pred, sw)` (tf_keras) instead of "
     "calling the loss function directly."
 )
+
+
+def _iterations(model):
+    """The optimizer's step count, read on the host."""
+    return int(np.asarray(model.optimizer.iterations))
 
 
 def _inputs_of(data):

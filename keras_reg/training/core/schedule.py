@@ -13,9 +13,12 @@ A schedule is checked when it is given: it must be an instance (not the
 class), take the step count, and return a number >= 0 at step 0. A value
 it returns later that is negative or not finite (NaN) would make an
 adversary lower the loss, or every weight NaN; such a value is replaced by
-0 at that step (no perturbation: the step is the plain one). Clipping is the
-one response that works inside a compiled step on every backend (a graph
-cannot raise at the step where it happens); check a schedule's values with
+0 at that step (no perturbation: the step is the plain one), and a
+``RuntimeWarning`` says so once per strength at the end of the epoch,
+naming the first such value and its step (see
+`keras_reg.training.core.schedule_check`). Clipping is the one response that
+works inside a compiled step on every backend (a graph cannot raise at the
+step where it happens); check a schedule's values with
 ``[schedule(step) for step in range(steps)]`` before training.
 """
 
