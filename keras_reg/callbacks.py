@@ -6,7 +6,7 @@ import weakref
 import numpy as np
 
 from keras_reg._compat import keras
-from keras_reg.backend import eager_gradients
+from keras_reg.backend import collective_clash, eager_gradients
 from keras_reg.training.core import installer as step
 from keras_reg.training.core.embedding import find_embedding_layer
 from keras_reg.validation import integer_argument
@@ -99,7 +99,9 @@ class _ScopeMixin:
             self._restore()
             return model.make_train_function(*args, **kwargs)
         type(model).make_train_function(model, *args, **kwargs)
-        model.train_function = self._guarded(model.train_function)
+        model.train_function = self._guarded(
+            collective_clash.guarded(model.train_function, model)
+        )
         return model.train_function
 
     def _guarded(self, function):

@@ -48,8 +48,19 @@ def test_fgm_after_plain_training_with_a_strategy_without_collectives():
     ], lines
 
 
-def test_fgm_after_plain_training_under_default_strategies_meets_the_clash():
-    # TensorFlow's limitation, documented here so a fix in TensorFlow shows.
+def test_fgm_after_plain_training_under_default_strategies_explains_the_clash():
+    # TensorFlow's limitation (so a fix in TensorFlow shows here): the error
+    # says what happened and the three fixes.
     lines = _run("plain", "fgm")
     assert lines[0].startswith("RUN plain")
-    assert lines[1].startswith("ERROR Collective"), lines
+    assert lines[1].startswith(
+        "ERROR RuntimeError TensorFlow's collective operations of two "
+        "tf.distribute strategies clashed in this process (Collective instance"
+    ), lines
+    for fix in ("create the strategy once", "its own process", "ReductionToOneDevice"):
+        assert fix in lines[1], lines
+
+
+def test_the_clash_is_explained_under_a_regularization_scope_too():
+    lines = _run("plain", "fgm:scope")
+    assert lines[1].startswith("ERROR RuntimeError TensorFlow's collective"), lines

@@ -6,9 +6,10 @@ Run as a program in a process of its own (2 logical CPU devices)::
 
 Each RUN is ``plain`` or ``fgm``, optionally suffixed ``:one-device`` (the
 strategy reduces with ``tf.distribute.ReductionToOneDevice()``, no collective
-operations). Each run builds a new strategy, the same model in its scope,
-trains it for one epoch of 2 steps and prints ``RUN <name> <loss>``; an error
-ends the program and is printed as ``ERROR <message>``.
+operations) or ``:scope`` (FGM given as a ``RegularizationScope``). Each run
+builds a new strategy, the same model in its scope, trains it for one epoch of
+2 steps and prints ``RUN <name> <loss>``; an error ends the program and is
+printed as ``ERROR <type> <message>``.
 """
 
 import os
@@ -30,7 +31,8 @@ def main(runs):
 
     x, y, _ = models.batch(np.random.default_rng(3), size=16)
     for run in runs:
-        kind, _, reduction = run.partition(":")
+        kind, _, option = run.partition(":")
+        reduction = option
         cross_device_ops = (
             tf.distribute.ReductionToOneDevice() if reduction == "one-device" else None
         )
@@ -43,14 +45,19 @@ def main(runs):
                 loss="sparse_categorical_crossentropy",
                 optimizer=keras.optimizers.SGD(0.5),
             )
-            if kind == "fgm":
+            if kind == "fgm" and option != "scope":
                 keras_reg.adversarial_training(model, "emb", epsilon=0.5)
+        callbacks = []
+        if option == "scope":
+            fgm = keras_reg.FGM("emb", epsilon=0.5)
+            callbacks = [keras_reg.callbacks.RegularizationScope(fgm)]
         try:
-            history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+            history = model.fit(
+                x, y, batch_size=8, epochs=1, verbose=0, callbacks=callbacks
+            )
         except Exception as error:  # noqa: BLE001 - reported to the parent
             message = " ".join(str(error).split())
-            start = message.find("Collective")
-            print("ERROR", message[max(start, 0) :][:300], flush=True)
+            print("ERROR", type(error).__name__, message[:1200], flush=True)
             return
         print("RUN", run, history.history["loss"][0], flush=True)
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from keras_reg import backend
 from keras_reg._compat import keras
-from keras_reg.backend import keras_internals
+from keras_reg.backend import collective_clash, keras_internals
 from keras_reg.training.core.layer_calls import check_called, recorded_calls
 from keras_reg.training.core.regularizer import TrainingRegularizer
 from keras_reg.training.core.schedule_check import ScheduleCheck
@@ -100,9 +100,23 @@ class _Installation:
 
     def attributes(self):
         """The model's methods this installation overrides."""
+        names = _ATTRIBUTES
         if hasattr(type(self.model), _FORWARD):
-            return _ATTRIBUTES + (_FORWARD,)
-        return _ATTRIBUTES
+            names += (_FORWARD,)
+        if collective_clash.several_replicas(self.model):
+            names += ("make_train_function",)
+        return names
+
+    def make_train_function(self, *args, **kwargs):
+        """The model's own, its train function explaining a collective clash.
+
+        Only under a strategy with several replicas, see
+        `keras_reg.backend.collective_clash`.
+        """
+        self._plain("make_train_function")(*args, **kwargs)
+        function = collective_clash.guarded(self.model.train_function, self.model)
+        self.model.train_function = function
+        return function
 
     def _plain(self, name):
         """Returns the model's own method: an instance override, else its class's."""
@@ -230,7 +244,9 @@ _NO_COMPUTE_LOSS = (
 
 def _iterations(model):
     """The optimizer's step count, read on the host."""
-    return int(np.asarray(model.optimizer.iterations))
+    value = model.optimizer.iterations
+    numpy = getattr(value, "numpy", None)  # a tf.distribute MirroredVariable
+    return int(numpy() if callable(numpy) else np.asarray(value))
 
 
 def _inputs_of(data):
@@ -398,7 +414,8 @@ def remove(model):
         return model
     for name, original in installation.saved.items():
         if original is None:
-            delattr(model, name)
+            if name in model.__dict__:  # a callback may have removed its own
+                delattr(model, name)
         else:
             setattr(model, name, original)
     installation.detach()
