@@ -65,3 +65,48 @@ def test_a_matching_loss_installs_quietly(name):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             keras_reg.install_regularizer(model, PROBABILITY_LOSS[name]())
+
+
+class SubclassedHead(keras.Model):
+    """A model whose output layer cannot be read at install time."""
+
+    def __init__(self, activation):
+        super().__init__()
+        self.hidden = keras.layers.Dense(8, activation="relu")
+        self.head = keras.layers.Dense(3, activation=activation)
+
+    def call(self, x):
+        return self.head(self.hidden(x))
+
+
+_X = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+_Y = np.random.default_rng(1).integers(0, 3, 16)
+
+BATCH_CHECKED = {
+    "vat": lambda **kw: keras_reg.VAT(None, epsilon=0.5, unlabeled=_X, seed=1, **kw),
+    "rdrop": lambda **kw: keras_reg.RDrop(**kw),
+}
+
+
+def _fit_subclassed(activation, regularizer, epochs=2):
+    model = SubclassedHead(activation)
+    model(_X[:2])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    keras_reg.install_regularizer(model, regularizer)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(_X, _Y, batch_size=8, epochs=epochs, verbose=0)
+    return [str(w.message) for w in caught if "were not probabilities" in str(w.message)]
+
+
+@pytest.mark.parametrize("name", sorted(BATCH_CHECKED))
+def test_logits_of_a_subclassed_model_read_as_probabilities_warn_once(name):
+    told = _fit_subclassed(None, BATCH_CHECKED[name]())
+    assert len(told) == 1, told  # two epochs, one warning
+    assert "pass predictions='logits'" in told[0]
+
+
+@pytest.mark.parametrize("name", sorted(BATCH_CHECKED))
+def test_probabilities_or_declared_logits_of_a_subclassed_model_are_quiet(name):
+    assert _fit_subclassed("softmax", BATCH_CHECKED[name]()) == []
+    assert _fit_subclassed(None, BATCH_CHECKED[name](predictions="logits")) == []

@@ -20,7 +20,7 @@ from keras_reg.training.adversarial.unlabeled import (
     UnlabeledSampler,
     check_against_model,
 )
-from keras_reg.training.core import schedule
+from keras_reg.training.core import probability_check, schedule
 from keras_reg.training.core.divergence import (
     KINDS,
     entropy,
@@ -235,6 +235,13 @@ class VAT(TrainingRegularizer):
     def logged_terms(self):
         return ("vat_loss",)
 
+    def carried_state(self, model):
+        kind = output_kind(model, self.predictions, warn=False)
+        return probability_check.carried_state(kind)
+
+    def check_states(self, model, states):
+        probability_check.warn_once(self, states, "VAT", model.name, self.predictions)
+
     def regularized_loss(self, step):
         vat_loss, entropy_term = self.terms(step)
         step.log("vat_loss", vat_loss)
@@ -257,6 +264,8 @@ class VAT(TrainingRegularizer):
             layer = find_embedding_layer(step.model, self.embedding_name)
         site = site_for(step, layer, self.perturb)
         p = site.predict(x, None)
+        if kind == "probabilities":
+            probability_check.record(step, p)
         # EntMin differentiates through p; the VAT terms hold it constant.
         # Means over this replica's shard become means over the global batch.
         entropy_term = (

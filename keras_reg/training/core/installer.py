@@ -67,7 +67,7 @@ class _Installation:
             name: self.backend.attach_state(model, name, shape)
             for name, shape in regularizer.carried_state(model).items()
         }
-        self.schedule_check = ScheduleCheck(regularizer, _iterations(model))
+        self.schedule_check = ScheduleCheck(regularizer, lambda: _iterations(model))
         # Per thread: under tf.distribute.MirroredStrategy each replica traces
         # its step in a thread of its own, on this one installation.
         self._local = threading.local()
@@ -183,10 +183,19 @@ class _Installation:
         if not self.training:
             for name in self.metrics:
                 results.pop(name, None)
-            # On the host, where fit reads the metrics at the end of an epoch.
-            if self.schedule_check.strengths:
-                self.schedule_check.check(_iterations(self.model))
+            if _on_host(self.model, self.states.values()):
+                self._check_on_host()
         return results
+
+    def _check_on_host(self):
+        """Where fit reads the metrics at the end of an epoch: the host checks."""
+        if self.schedule_check.strengths:
+            self.schedule_check.check(_iterations(self.model))
+        if self.states:
+            self.regularizer.check_states(
+                self.model,
+                {n: _host_value(s.carried) for n, s in self.states.items()},
+            )
 
     def compute_loss(self, *args, **kwargs):
         recorder, self.recorder = self.recorder, None
@@ -242,11 +251,40 @@ _NO_COMPUTE_LOSS = (
 )
 
 
+def _on_host(model, states):
+    """Whether this code runs eagerly on the host, not in a traced step.
+
+    ``get_metrics_result`` also runs inside an evaluation step (a
+    ``tf.function``, or ``jax.jit``), where no value can be read.
+    """
+    framework = backend.framework(model)
+    if framework in ("tensorflow", "tf_keras"):
+        import tensorflow as tf
+
+        return tf.executing_eagerly()
+    if framework == "jax":
+        import jax.core
+
+        variables = [model.optimizer.iterations, *(s.carried for s in states)]
+        return not any(
+            isinstance(getattr(v, "value", v), jax.core.Tracer) for v in variables
+        )
+    return True
+
+
+def _host_value(variable):
+    """A variable's value as a NumPy array, read on the host."""
+    if not isinstance(variable, keras.Variable):
+        return np.asarray(variable.numpy())  # tf_keras: a tf.Variable, maybe mirrored
+    with warnings.catch_warnings():
+        # Keras's torch conversion warns about NumPy 2's copy keyword.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return keras.ops.convert_to_numpy(variable.value)
+
+
 def _iterations(model):
     """The optimizer's step count, read on the host."""
-    value = model.optimizer.iterations
-    numpy = getattr(value, "numpy", None)  # a tf.distribute MirroredVariable
-    return int(numpy() if callable(numpy) else np.asarray(value))
+    return int(_host_value(model.optimizer.iterations))
 
 
 def _inputs_of(data):

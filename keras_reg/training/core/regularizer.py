@@ -86,6 +86,15 @@ class TrainingRegularizer(PicklableSeeds, abc.ABC):
         del model
         return {}
 
+    def check_states(self, model, states):
+        """Checks, on the host at the end of every epoch, what the step recorded.
+
+        Args:
+            model: The model being trained.
+            states: ``{name: NumPy value}`` of the `carried_state` variables.
+        """
+        del model, states
+
     def watched_variables(self, model):
         """Returns the variables whose clean-loss gradient the step must record."""
         del model

@@ -61,13 +61,14 @@ class ScheduleCheck:
 
     Args:
         regularizer: The installed regulariser.
-        start: The optimizer's step count when it was installed: the earlier
-            steps did not use it.
+        start: Returns the optimizer's step count (read when installed, only
+            where a strength is scheduled): the earlier steps did not use it.
     """
 
     def __init__(self, regularizer, start):
         self.strengths = scheduled_strengths(regularizer)
-        self.checked = int(start)  # the first step not yet checked
+        # The first step not yet checked.
+        self.checked = int(start()) if self.strengths else 0
         self.warned = set()
 
     def check(self, iterations):

@@ -9,7 +9,7 @@ Reference:
 """
 
 from keras_reg._compat import keras
-from keras_reg.training.core import schedule
+from keras_reg.training.core import probability_check, schedule
 from keras_reg.training.core.divergence import KINDS, output_kind, symmetric_kl
 from keras_reg.training.core.export import export
 from keras_reg.training.core.regularizer import TrainingRegularizer
@@ -69,9 +69,20 @@ class RDrop(TrainingRegularizer):
     def logged_terms(self):
         return ("rdrop_kl",)
 
+    def carried_state(self, model):
+        kind = output_kind(model, self.predictions, warn=False, who="RDrop")
+        return probability_check.carried_state(kind)
+
+    def check_states(self, model, states):
+        probability_check.warn_once(
+            self, states, "RDrop", model.name, self.predictions
+        )
+
     def regularized_loss(self, step):
         kind = output_kind(step.model, self.predictions, warn=False, who="RDrop")
         y_pred, loss = step.training_loss(with_output=True)
+        if kind == "probabilities":
+            probability_check.record(step, step.y_pred)
         # The KL is a mean over the global batch; each replica adds its share
         # (the framework sums the replicas' gradients).
         symmetric = step.global_mean(symmetric_kl(step.y_pred, y_pred, kind))

@@ -1,0 +1,92 @@
+"""Whether outputs read as class probabilities were probabilities, batch by batch.
+
+VAT and R-Drop take a KL divergence of the model's outputs, read as
+probabilities unless the compiled loss (``from_logits=True``) or
+``predictions="logits"`` says logits. A model that outputs logits or a
+regression value without saying so (a subclassed model, whose output layer
+cannot be read at install time) gives a wrong divergence, often 0: the term
+trains nothing, silently. The step records, without leaving the device,
+whether any output it read as probabilities had a negative value or a row not
+summing to 1 (a value outside [0, 1] for a single sigmoid unit); at the end
+of the epoch the host reads the record and warns once with the fix.
+"""
+
+import warnings
+
+import numpy as np
+
+from keras_reg._compat import keras
+
+ops = keras.ops
+
+STATE = "outputs_not_probabilities"
+# A softmax row of a float16 or bfloat16 model sums to 1 within ~1e-2.
+_TOLERANCE = 1e-2
+
+_MESSAGE = (
+    "{who} reads model {model!r}'s outputs as class probabilities ({why}), but "
+    "the outputs of a training batch this epoch were not probabilities (a "
+    "negative value, or a row not summing to 1): they look like logits or a "
+    "regression output, and the {who} divergence is then wrong, often 0 "
+    "(the term trains nothing). If the model outputs logits, pass "
+    "predictions='logits' (or compile the loss with from_logits=True); for "
+    "probabilities, end the model with a softmax."
+)
+
+
+def carried_state(kind):
+    """Returns the state `record` needs (for outputs read as probabilities)."""
+    return {STATE: ()} if kind == "probabilities" else {}
+
+
+def _not_probabilities(output):
+    output = ops.cast(output, "float32")
+    negative = ops.any(output < -_TOLERANCE)
+    if output.shape[-1] == 1:
+        return ops.logical_or(negative, ops.any(output > 1.0 + _TOLERANCE))
+    off = ops.abs(ops.sum(output, axis=-1) - 1.0) > _TOLERANCE
+    return ops.logical_or(negative, ops.any(off))
+
+
+def record(step, outputs):
+    """Records in the step's state whether ``outputs`` were not probabilities.
+
+    Args:
+        step: The `keras_reg.backend.base.Step` in progress (its regulariser
+            declared `carried_state`).
+        outputs: The model's output (or a structure of outputs), as read.
+    """
+    flags = [_not_probabilities(o) for o in keras.tree.flatten(outputs)]
+    flag = flags[0]
+    for other in flags[1:]:
+        flag = ops.logical_or(flag, other)
+    state = step.state(STATE)
+    state.assign(ops.maximum(ops.convert_to_tensor(state), ops.cast(flag, "float32")))
+
+
+def warn_once(regularizer, states, who, model_name, predictions):
+    """Warns (once per regulariser) when `record` saw non-probabilities.
+
+    Args:
+        regularizer: The regulariser (remembers that it warned).
+        states: ``{name: value}`` of the carried states, read on the host.
+        who: The regulariser's name, for the message.
+        model_name: The model's name.
+        predictions: The user's ``predictions`` argument (None: inferred).
+    """
+    value = states.get(STATE)
+    if value is None or not np.any(np.asarray(value) > 0):
+        return
+    if getattr(regularizer, "_warned_not_probabilities", False):
+        return
+    regularizer._warned_not_probabilities = True
+    why = (
+        "predictions='probabilities'"
+        if predictions is not None
+        else "inferred from the compiled loss, or no loss"
+    )
+    warnings.warn(
+        _MESSAGE.format(who=who, model=model_name, why=why),
+        RuntimeWarning,
+        stacklevel=3,
+    )
