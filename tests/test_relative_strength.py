@@ -13,7 +13,7 @@ import pytest
 
 import keras_reg
 from keras_reg._compat import keras
-from tests import fgm_reference, models
+from tests import adversaries_reference, fgm_reference, models
 
 pytestmark = pytest.mark.backends("tensorflow", "jax", "torch")
 JIT_BACKENDS = pytest.mark.backends(
@@ -141,19 +141,21 @@ def test_free_fgm_relative_uses_the_rows_of_its_gradient(rng):
     )
 
 
-def test_freelb_relative_bound_is_the_example_norm(rng):
-    """One example per batch: its bound r ||e_1|| is a number to compare with."""
-    E, build = _bag(rng)
-    x, y, w = _sparse_batch(rng, size=1)
-    scale = float(np.linalg.norm(E[x[0]]))  # every occurrence counts
-    _same_step(
-        keras_reg.freelb,
-        dict(embedding_name="emb", epsilon=keras_reg.relative(RATIO),
-             alpha=keras_reg.relative(0.2), steps=3),
-        dict(embedding_name="emb", epsilon=RATIO * scale, alpha=0.2 * scale, steps=3),
-        build,
-        (x, y, w),
+def test_freelb_relative_bound_is_each_example_norm(rng):
+    """Each example's bound and ascent step scale with its embedded sequence."""
+    E, W, b = models.initial_weights(rng)
+    x, y, w = _sparse_batch(rng)
+    model = models.compiled("functional")
+    models.set_weights(model, E, W, b)
+    keras_reg.freelb(model, "emb", epsilon=keras_reg.relative(RATIO),
+                     alpha=keras_reg.relative(0.2), steps=3)
+    models.fit_one_batch(model, x, y, w)
+    size = np.sqrt(np.square(E[x]).sum(axis=(1, 2)))[:, None, None]
+    expected, active = adversaries_reference.freelb_sgd_step(
+        E, W, b, x, y, LR, RATIO * size, 0.2 * size, 3, w
     )
+    assert active  # the per-example projection took part
+    models.assert_weights(model, expected)
 
 
 def _float_model(rng):
