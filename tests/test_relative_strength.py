@@ -221,14 +221,16 @@ def test_noise_relative_stddev_is_ratio_times_rms(integrated, rng):
     )
 
 
-def test_noise_relative_on_an_embedding(rng):
+@pytest.mark.parametrize("integrated", [False, True])
+def test_noise_relative_on_an_embedding(integrated, rng):
     E, build = _bag(rng)
     x, y, w = _sparse_batch(rng)
     rms = float(np.sqrt(np.mean(np.square(E[x]))))
     _same_step(
         keras_reg.noise_training,
-        dict(embedding_name="emb", stddev=keras_reg.relative(RATIO), seed=5),
-        dict(embedding_name="emb", stddev=RATIO * rms, seed=5),
+        dict(embedding_name="emb", stddev=keras_reg.relative(RATIO),
+             integrated=integrated, seed=5),
+        dict(embedding_name="emb", stddev=RATIO * rms, integrated=integrated, seed=5),
         build,
         (x, y, w),
     )

@@ -165,13 +165,18 @@ class NoiseTraining(TrainingRegularizer):
                 outputs, family, seed, step.sample_weight, step
             )
 
+        layer = None
         if self.embedding_name is None:
             gradients = step.input_gradients(projected)
-            noised = lambda: [t for t in keras.tree.flatten(step.x) if _is_float(t)]  # noqa: E731
         else:
             layer = find_embedding_layer(step.model, self.embedding_name)
             gradients = step.output_gradients(layer, of=projected)
-            noised = lambda: step.lookup_outputs(layer)  # noqa: E731
+
+        def noised():  # what the noise would be added to (a relative stddev)
+            if layer is not None:
+                return step.lookup_outputs(layer)
+            return [t for t in keras.tree.flatten(step.x) if _is_float(t)]
+
         # Per-example gradients of this replica's shard: sum over the replicas,
         # divide by the global batch size.
         batch = ops.cast(ops.shape(y_pred)[0] * step.replicas(), "float32")
