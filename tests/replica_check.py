@@ -97,6 +97,10 @@ EXTRA_CASES = (
     "balance-realtime",
     "balance-pareto",
     "noise-input",
+    "fgm-relative",
+    "freelb-relative",
+    "vat-output-relative",
+    "noise-integrated-relative",
 )
 
 
@@ -131,6 +135,23 @@ def cases():
     built["balance-pareto"] = of_suite(
         "balance-gradient",
         lambda: keras_reg.LossBalancing("pareto", shared_layer="shared"),
+    )
+    # Relative strengths: their scales are global norms (rows, per example, RMS).
+    relative = keras_reg.relative
+    built["fgm-relative"] = of_suite(
+        "fgm", lambda: keras_reg.FGM("emb", epsilon=relative(0.3))
+    )
+    built["freelb-relative"] = of_suite(
+        "freelb",
+        lambda: keras_reg.FreeLB("emb", epsilon=relative(0.3), alpha=relative(0.2)),
+    )
+    built["vat-output-relative"] = of_suite(
+        "vat-output",
+        lambda: keras_reg.VAT("emb", epsilon=relative(0.3), perturb="output", seed=1),
+    )
+    built["noise-integrated-relative"] = of_suite(
+        "noise-integrated",
+        lambda: keras_reg.NoiseTraining("emb", relative(0.2), integrated=True, seed=2),
     )
     assert set(EXTRA_CASES) <= set(built)
     return built

@@ -30,6 +30,10 @@ def _regularizers():
         ),
         "parameter_penalty": lambda: keras_reg.ParameterGradientPenalty(0.1),
         "sam": lambda: keras_reg.SAM(rho=0.3),
+        "fgm_relative": lambda: keras_reg.FGM("emb", epsilon=keras_reg.relative(0.3)),
+        "freelb_relative": lambda: keras_reg.FreeLB(
+            "emb", epsilon=keras_reg.relative(0.3), alpha=keras_reg.relative(0.2)
+        ),
     }
 
 
@@ -45,8 +49,9 @@ GROUPS = {
             "squared_norm",
             "unscaled",
         ),
-        ("pgd", "free_fgm", "matrix_penalty"),
+        ("pgd", "free_fgm", "matrix_penalty", "fgm_relative"),
     ),
+    "recorded_outputs": (("lookup_outputs",), ("freelb_relative",)),
     "plain_lookup": (("_plain_lookup",), ("pgd", "free_fgm")),
     "loss_gradient": (("loss_gradient",), ("fgm",)),
     "gradient_norm": (("loss_plus_gradient_norm",), ("parameter_penalty",)),

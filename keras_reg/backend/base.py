@@ -47,6 +47,8 @@ Composites (concrete, over the primitives) and their overrides:
     squared_norm, linear_loss
     clean_loss, clean_output, the trainer's loss        JAX (the recomputed clean
     loss_plus                                           pass stands in for it)
+    lookup_outputs            forward                   TF, torch (the recorded
+                                                        outputs of the step's pass)
     replicas, global_sum,     identities on one device  TF (tf.distribute replicas)
     global_mean, all_gather,
     shard, draw_per_example
@@ -558,6 +560,27 @@ class Step(abc.ABC):
         ``layer`` must be one of the regulariser's ``watched_outputs``.
         """
         raise NotImplementedError
+
+    def lookup_outputs(self, layer):
+        """Returns the output of each lookup of ``layer`` on the batch, constants.
+
+        The embedded sequence (one tensor per call, as `lookup_shapes`), e.g.
+        to measure the size of what a perturbation is added to. This default
+        runs one more inference pass; a backend that records the step's own
+        outputs returns those (TensorFlow, PyTorch: ``layer`` must then be one
+        of the regulariser's ``watched_outputs``).
+        """
+        outputs = []
+
+        def record(output, inputs):
+            if is_lookup(output, inputs):
+                outputs.append(keras.ops.stop_gradient(output))
+            return output
+
+        self.forward(self.x, layer=layer, transform=record)
+        if not outputs:
+            raise ValueError(NO_LOOKUP.format(name=layer.name))
+        return outputs
 
     def loss_plus_gradient_norm(self, variables, weight):
         """Returns ``(L + weight * ||dL/dv||^2, penalty)``, double backprop included.

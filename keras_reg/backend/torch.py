@@ -134,6 +134,10 @@ class Step(stateless.Step):
             raise ValueError(base.NO_LOOKUP.format(name=layer.name))
         return [tuple(output.shape) for output in outputs]
 
+    def lookup_outputs(self, layer):
+        self.lookup_shapes(layer)  # a clear error without a lookup
+        return [o.detach() for o in self._recorder.outputs[id(layer)]]
+
     def output_gradients(self, layer, of=None):
         outputs = self._recorder.outputs[id(layer)]
         if not outputs:

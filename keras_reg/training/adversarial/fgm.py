@@ -18,7 +18,7 @@ from keras_reg.training.adversarial.common import (
     embedding_name_argument,
     with_clean_term,
 )
-from keras_reg.training.core import schedule
+from keras_reg.training.core import relative, schedule
 from keras_reg.training.core.embedding import embedding_matrix, find_embedding_layer
 from keras_reg.training.core.export import export
 from keras_reg.training.core.regularizer import TrainingRegularizer
@@ -54,7 +54,11 @@ class FGM(TrainingRegularizer):
         epsilon: Norm of the perturbation of the whole matrix. The source post
             uses 1 for BERT fine-tuning (0.5 in some tasks). Or a schedule of
             the step, e.g. a ramp (see `keras_reg.training.core.schedule`).
-            At most ~1.8e19 (its square must be a finite float32).
+            At most ~1.8e19 (its square must be a finite float32). Or
+            ``keras_reg.relative(r)``: ``||delta||_F = r * ||E_S||_F``, E_S the
+            rows the perturbation moves (the batch's tokens, each once), a
+            value that transfers between models (see
+            `keras_reg.training.core.relative`).
         add_clean_loss: Optimize L(E) + L(E + delta) instead of L(E + delta).
 
     Example:
@@ -65,7 +69,7 @@ class FGM(TrainingRegularizer):
 
     def __init__(self, embedding_name, epsilon=1.0, add_clean_loss=False):
         self.embedding_name = embedding_name_argument(embedding_name)
-        self.epsilon = schedule.strength("epsilon", epsilon, example=1.0)
+        self.epsilon = relative.strength("epsilon", epsilon, example=1.0)
         self.add_clean_loss = boolean("add_clean_loss", add_clean_loss)
 
     def validate(self, model):
@@ -87,7 +91,10 @@ class FGM(TrainingRegularizer):
         layer = find_embedding_layer(step.model, self.embedding_name)
         matrix = embedding_matrix(layer)
         gradient, clean = clean_gradient(step, matrix, self.add_clean_loss)
-        delta = step.scale_to_norm(gradient, schedule.current(step, self.epsilon))
+        epsilon = relative.current(
+            step, self.epsilon, lambda: relative.rows_norm(step, matrix, gradient)
+        )
+        delta = step.scale_to_norm(gradient, epsilon)
         adversarial = step.loss_with_perturbation(layer, matrix, delta)
         step.log("adversarial_loss", adversarial)
         return with_clean_term(clean, adversarial)

@@ -10,7 +10,7 @@ References:
 
 from keras_reg._compat import keras
 from keras_reg.training.adversarial.fgm import FGM
-from keras_reg.training.core import schedule
+from keras_reg.training.core import relative, schedule
 from keras_reg.training.core.embedding import embedding_matrix, find_embedding_layer
 from keras_reg.training.core.export import export
 
@@ -53,7 +53,10 @@ class FreeFGM(FGM):
     Args:
         embedding_name: Name of the embedding layer, e.g. ``'Embedding-Token'``.
         epsilon: Norm of the perturbation of the whole matrix, or a schedule
-            of the step (see `keras_reg.training.core.schedule`).
+            of the step (see `keras_reg.training.core.schedule`), or
+            ``keras_reg.relative(r)``: ``r * ||E_S||_F``, E_S the rows g_t
+            touches (that batch's tokens, each once; see
+            `keras_reg.training.core.relative`).
 
     Example:
         >>> keras_reg.free_fgm(model, "Embedding-Token", epsilon=1.0)
@@ -88,11 +91,14 @@ class FreeFGM(FGM):
         loss, gradients = step.value_and_gradient(objective, wrt)
         loss = ops.stop_gradient(loss)
         gradients = [step.unscaled(g) for g in gradients]
-        epsilon = schedule.current(step, self.epsilon)
         # The next direction comes from the global batch's embedding gradient
         # (the same on every replica); the weights' gradients stay each
         # replica's share, which the framework sums.
-        direction = step.scale_to_norm(step.global_sum(gradients[index]), epsilon)
+        gradient = step.global_sum(gradients[index])
+        epsilon = relative.current(
+            step, self.epsilon, lambda: relative.rows_norm(step, matrix, gradient)
+        )
+        direction = step.scale_to_norm(gradient, epsilon)
         state.assign(_densified(direction, tuple(matrix.shape)))
         step.log("adversarial_loss", loss)
         return step.linear_loss(loss, variables, gradients[: len(variables)])

@@ -11,10 +11,11 @@ from keras_reg.training.adversarial.common import (
     check_embedding_and_loss,
     embedding_name_argument,
 )
-from keras_reg.training.core import schedule
+from keras_reg.training.core import relative, schedule
 from keras_reg.training.core.embedding import find_embedding_layer
 from keras_reg.training.core.export import export
 from keras_reg.training.core.regularizer import TrainingRegularizer
+from keras_reg.training.core.relative import example_norms
 from keras_reg.validation import integer_argument, non_negative_number
 
 ops = keras.ops
@@ -53,8 +54,11 @@ class FreeLB(TrainingRegularizer):
     Args:
         embedding_name: Name of the embedding layer, e.g. ``'Embedding-Token'``.
         epsilon: Bound of each example's perturbation norm, or a schedule of
-            the step (see `keras_reg.training.core.schedule`).
-        alpha: Norm of each example's ascent step.
+            the step (see `keras_reg.training.core.schedule`), or
+            ``keras_reg.relative(r)``: each example's bound is ``r * ||e_i||``,
+            e_i its embedded sequence (all its lookups; see
+            `keras_reg.training.core.relative`).
+        alpha: Norm of each example's ascent step; relative like ``epsilon``.
         steps: K, the number of passes (>= 1; 1 with ``init_scale=0`` is plain
             training).
         init_scale: Scale of the random start (the authors' ``adv_init_mag``).
@@ -68,8 +72,8 @@ class FreeLB(TrainingRegularizer):
         self, embedding_name, epsilon=1.0, alpha=0.3, steps=3, init_scale=0.0, seed=None
     ):
         self.embedding_name = embedding_name_argument(embedding_name)
-        self.epsilon = schedule.strength("epsilon", epsilon, example=1.0)
-        self.alpha = schedule.strength("alpha", alpha, example=0.3, squared=False)
+        self.epsilon = relative.strength("epsilon", epsilon, example=1.0)
+        self.alpha = relative.strength("alpha", alpha, example=0.3, squared=False)
         self.steps = integer_argument("steps", steps, minimum=1, example=3)
         self.init_scale = non_negative_number("init_scale", init_scale, example=0.1)
         self.seed = seed
@@ -89,8 +93,12 @@ class FreeLB(TrainingRegularizer):
 
     def regularized_loss(self, step):
         layer = find_embedding_layer(step.model, self.embedding_name)
-        epsilon = schedule.current(step, self.epsilon)
-        alpha = schedule.current(step, self.alpha)
+        # A relative strength: per example, times its embedded sequence's norm.
+        epsilon, alpha = relative.currents(
+            step,
+            (self.epsilon, self.alpha),
+            lambda: example_norms(step.lookup_outputs(layer)),
+        )
         shapes = step.lookup_shapes(layer)
         if self.init_scale:
             deltas = [self._random_start(shape, step) for shape in shapes]
@@ -177,15 +185,6 @@ def _adder(deltas):
     return add
 
 
-def _per_example_norm(tensors):
-    """The norm of each example over all ``tensors`` (batch first), shape (batch,)."""
-    total = 0.0
-    for t in tensors:
-        t = ops.cast(t, "float32")
-        total = total + ops.sum(ops.reshape(ops.square(t), (ops.shape(t)[0], -1)), 1)
-    return ops.sqrt(total)
-
-
 def _per_example(scale, tensor):
     """``scale`` (batch,) broadcast against ``tensor`` (batch, ...)."""
     return ops.reshape(scale, (-1,) + (1,) * (len(tensor.shape) - 1))
@@ -193,7 +192,7 @@ def _per_example(scale, tensor):
 
 def _ascend(deltas, gradients, alpha, epsilon):
     """One FreeLB ascent step, then the per-example projection."""
-    norm = _per_example_norm(gradients)
+    norm = example_norms(gradients)
     usable = ops.logical_and(ops.isfinite(norm), norm > 0)
     step = ops.where(usable, ops.divide_no_nan(alpha, norm), 0.0)
     moved = []
@@ -202,6 +201,6 @@ def _ascend(deltas, gradients, alpha, epsilon):
             _per_example(usable, gradient), ops.cast(gradient, "float32"), 0.0
         )
         moved.append(delta + _per_example(step, gradient) * gradient)
-    norm = _per_example_norm(moved)
+    norm = example_norms(moved)
     shrink = ops.where(norm > epsilon, ops.divide_no_nan(epsilon, norm), 1.0)
     return [delta * _per_example(shrink, delta) for delta in moved]

@@ -11,7 +11,7 @@ References:
 from keras_reg._compat import keras
 from keras_reg.training.adversarial.common import clean_gradient, with_clean_term
 from keras_reg.training.adversarial.fgm import FGM
-from keras_reg.training.core import schedule
+from keras_reg.training.core import relative, schedule
 from keras_reg.training.core.embedding import embedding_matrix, find_embedding_layer
 from keras_reg.training.core.export import export
 from keras_reg.validation import boolean, integer_argument
@@ -45,10 +45,13 @@ class PGD(FGM):
     Args:
         embedding_name: Name of the embedding layer, e.g. ``'Embedding-Token'``.
         epsilon: Radius of the ball (norm of the whole matrix's perturbation),
-            or a schedule of the step (see `keras_reg.training.core.schedule`).
+            or a schedule of the step (see `keras_reg.training.core.schedule`),
+            or ``keras_reg.relative(r)``: ``r * ||E_S||_F``, E_S the rows the
+            clean gradient touches (the batch's tokens, each once; see
+            `keras_reg.training.core.relative`).
         alpha: Norm of each ascent step. Any finite value: the projection
             onto the ball is computed stably, so a huge ``alpha`` lands every
-            ascent step on the ball.
+            ascent step on the ball. Relative like ``epsilon`` (same scale).
         steps: Number of ascent steps (>= 1).
         add_clean_loss: Optimize L(E) + L(E + r) instead of L(E + r).
 
@@ -61,20 +64,23 @@ class PGD(FGM):
         self, embedding_name, epsilon=1.0, alpha=0.3, steps=3, add_clean_loss=True
     ):
         super().__init__(embedding_name, epsilon=epsilon, add_clean_loss=add_clean_loss)
-        self.alpha = schedule.strength("alpha", alpha, example=0.3, squared=False)
+        self.alpha = relative.strength("alpha", alpha, example=0.3, squared=False)
         self.steps = integer_argument("steps", steps, minimum=1, example=3)
         self.add_clean_loss = boolean("add_clean_loss", add_clean_loss)
 
     def regularized_loss(self, step):
         layer = find_embedding_layer(step.model, self.embedding_name)
         matrix = embedding_matrix(layer)
-        epsilon = schedule.current(step, self.epsilon)
-        alpha = schedule.current(step, self.alpha)
         gradient, clean = clean_gradient(step, matrix, self.add_clean_loss)
+        epsilon, alpha = relative.currents(
+            step,
+            (self.epsilon, self.alpha),
+            lambda: relative.rows_norm(step, matrix, gradient),
+        )
         # r_1 = P(alpha g / ||g||) = min(alpha, epsilon) g / ||g||.
         first = (
             min(alpha, epsilon)
-            if not any(map(schedule.is_scheduled, (self.epsilon, self.alpha)))
+            if all(isinstance(v, float) for v in (alpha, epsilon))
             else ops.minimum(alpha, epsilon)
         )
         delta = step.scale_to_norm(gradient, first)

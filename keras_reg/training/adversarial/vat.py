@@ -20,7 +20,7 @@ from keras_reg.training.adversarial.unlabeled import (
     UnlabeledSampler,
     check_against_model,
 )
-from keras_reg.training.core import probability_check, schedule
+from keras_reg.training.core import probability_check, relative, schedule
 from keras_reg.training.core.divergence import (
     KINDS,
     entropy,
@@ -112,7 +112,11 @@ class VAT(TrainingRegularizer):
         embedding_name: The embedding layer to perturb, or None for the inputs.
         epsilon: Norm of the adversarial perturbation r, or a schedule of the
             step (see `keras_reg.training.core.schedule`; so may ``weight``
-            and ``entropy_weight`` be).
+            and ``entropy_weight`` be), or ``keras_reg.relative(rho)``: rho
+            times the norm of what is perturbed, in ``norm``: the unlabelled
+            inputs or embedded sequence (per example or over the batch), or
+            the rows of the unlabelled batch's tokens, each once (see
+            `keras_reg.training.core.relative`).
         xi: Norm of the probe perturbation in the power iteration (the source
             uses 10 on BERT embeddings; the paper 1e-6 on images).
         iters: Power iterations (1 in the paper and the source).
@@ -166,7 +170,7 @@ class VAT(TrainingRegularizer):
         if norm is None:
             norm = "example" if embedding_name is None else "batch"
         self.embedding_name = embedding_name
-        self.epsilon = schedule.strength("epsilon", epsilon, example=1.0)
+        self.epsilon = relative.strength("epsilon", epsilon, example=1.0)
         self.xi = positive_number("xi", xi, example=10.0)
         self.iters = integer_argument("iters", iters, 1, example=1)
         self.weight = schedule.strength("weight", weight, example=1.0)
@@ -295,7 +299,9 @@ class VAT(TrainingRegularizer):
             )
             if not site.per_example:
                 d = step.global_sum(d)
-        epsilon = schedule.current(step, self.epsilon)
+        epsilon = relative.current(
+            step, self.epsilon, lambda: relative.site_norm(step, site, self.norm, d)
+        )
         r = ops.stop_gradient(normalize(d, self.norm, local) * epsilon)
         vat_loss = step.global_mean(kl_divergence(p, site.predict(x, r), kind))
         return vat_loss, entropy_term

@@ -2,8 +2,9 @@
 
 A site runs the model on unlabelled inputs ``x`` with a perturbation ``delta``
 added somewhere (``predict(x, None)`` is the clean pass, and must come first:
-it records what the later passes perturb), and tells VAT the shape of the
-random start direction (``shape``) and which of its entries are real
+it records what the later passes perturb, and keeps it as ``clean``, the
+tensors a relative radius is measured against), and tells VAT the shape of
+the random start direction (``shape``) and which of its entries are real
 (``restrict``).
 
 An embedding layer may be called several times in one forward pass (a shared
@@ -59,6 +60,7 @@ class InputSite:
 
     def __init__(self, step):
         self.step = step
+        self.clean = []
 
     def shape(self, x):
         return ops.shape(x)
@@ -73,6 +75,8 @@ class InputSite:
         if is_integer_dtype(leaves[0].dtype):
             dtype = keras.backend.standardize_dtype(leaves[0].dtype)
             raise input_error(self.step.model, f"inputs of dtype {dtype}")
+        if delta is None:
+            self.clean = leaves
         return self.step.forward(x if delta is None else x + delta)
 
 
@@ -91,6 +95,7 @@ class OutputSite:
         self.step = step
         self.layer = layer
         self.calls = []  # the token ids of each call in the clean pass
+        self.clean = []  # the output of each call in the clean pass
 
     def dim(self):
         return embedding_matrix(self.layer).shape[1]
@@ -105,7 +110,7 @@ class OutputSite:
 
     def predict(self, x, delta):
         if delta is None:
-            self.calls = []
+            self.calls, self.clean = [], []
         count = [0]
 
         def transform(output, ids):
@@ -115,6 +120,7 @@ class OutputSite:
             count[0] += 1
             if delta is None:
                 self.calls.append(ids)
+                self.clean.append(ops.stop_gradient(output))
                 return output
             if index >= len(self.calls):
                 raise ValueError(
@@ -176,6 +182,15 @@ class MatrixSite(OutputSite):
         if delta is None:
             self._grouped = None
         return super().predict(x, delta)
+
+    def rows_norm(self):
+        """The Frobenius norm of the rows of the global batch's tokens, each once."""
+        ids = ops.sort(ops.reshape(ops.cast(self._all_ids(), "int32"), (-1,)))
+        first = ops.concatenate([ops.ones((1,), "bool"), ids[1:] != ids[:-1]])
+        matrix = ops.convert_to_tensor(embedding_matrix(self.layer))
+        rows = ops.cast(ops.take(matrix, ids, axis=0), "float32")
+        squares = ops.sum(ops.square(rows), axis=-1)
+        return ops.sqrt(ops.sum(ops.where(first, squares, ops.zeros_like(squares))))
 
     def lookup(self, delta, index):
         slot, _ = self._groups()

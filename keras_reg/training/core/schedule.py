@@ -50,6 +50,12 @@ def strength(name, value, example, zero=False, squared=True):
             square overflows float32, or the schedule's value at step 0 is not
             a number >= 0.
     """
+    if getattr(value, "is_relative_strength", False):
+        raise TypeError(
+            f"`{name}` does not take a relative strength, received {name}="
+            f"{value!r}: only perturbation radii (epsilon, PGD's and FreeLB's "
+            f"alpha, noise's stddev) do. Pass a number, e.g. {name}={example}."
+        )
     if isinstance(value, type):
         raise TypeError(
             f"`{name}` received the class {value.__name__}, not a schedule. "
@@ -123,8 +129,12 @@ def current(step, value):
 
 
 def serialize(value):
-    """Returns ``value`` for ``get_config``: a number, or a schedule's config."""
-    if not is_scheduled(value):
+    """Returns ``value`` for ``get_config``: a number, or a schedule's config.
+
+    Another strength object with a ``get_config`` (`keras_reg.relative`) is
+    serialised as a schedule is.
+    """
+    if not is_scheduled(value) and not hasattr(value, "get_config"):
         return value
     return keras.saving.serialize_keras_object(value)
 

@@ -31,7 +31,7 @@ References:
 """
 
 from keras_reg._compat import keras
-from keras_reg.training.core import projection, schedule
+from keras_reg.training.core import projection, relative, schedule
 from keras_reg.training.core.divergence import loss_family, loss_name
 from keras_reg.training.core.embedding import find_embedding_layer
 from keras_reg.training.core.export import export
@@ -59,7 +59,11 @@ class NoiseTraining(TrainingRegularizer):
         embedding_name: The embedding layer whose output gets the noise, or
             None for the model's float inputs.
         stddev: Standard deviation of the noise, or a schedule of the step
-            (see `keras_reg.training.core.schedule`).
+            (see `keras_reg.training.core.schedule`), or
+            ``keras_reg.relative(r)``: ``r`` times the root mean square entry
+            of the noised tensor in the step (the batch's float input, or its
+            embedded sequence): a noise-to-signal ratio (see
+            `keras_reg.training.core.relative`).
         integrated: Train on the second-order penalty instead of noisy passes.
         seed: Seed of the noise (or of the projections' signs).
 
@@ -77,7 +81,7 @@ class NoiseTraining(TrainingRegularizer):
                 f"(the float inputs), received embedding_name={embedding_name!r}."
             )
         self.embedding_name = embedding_name
-        self.stddev = schedule.strength("stddev", stddev, example=0.1)
+        self.stddev = relative.strength("stddev", stddev, example=0.1)
         self.integrated = boolean("integrated", integrated)
         self.seed = seed
         self.generator = keras.random.SeedGenerator(seed)
@@ -131,7 +135,9 @@ class NoiseTraining(TrainingRegularizer):
 
     def _noisy(self, value, step):
         seed = step.seed(self.generator)
-        stddev = schedule.current(step, self.stddev)
+        stddev = relative.current(
+            step, self.stddev, lambda: relative.root_mean_square(step, [value])
+        )
         noise = step.draw_per_example(
             lambda shape: keras.random.normal(shape, seed=seed) * stddev,
             ops.shape(value),
@@ -159,16 +165,25 @@ class NoiseTraining(TrainingRegularizer):
                 outputs, family, seed, step.sample_weight, step
             )
 
+        layer = None
         if self.embedding_name is None:
             gradients = step.input_gradients(projected)
         else:
             layer = find_embedding_layer(step.model, self.embedding_name)
             gradients = step.output_gradients(layer, of=projected)
+
+        def noised():  # what the noise would be added to (a relative stddev)
+            if layer is not None:
+                return step.lookup_outputs(layer)
+            return [t for t in keras.tree.flatten(step.x) if _is_float(t)]
+
         # Per-example gradients of this replica's shard: sum over the replicas,
         # divide by the global batch size.
         batch = ops.cast(ops.shape(y_pred)[0] * step.replicas(), "float32")
         squared = step.global_sum(sum(step.squared_norm(g) for g in gradients))
-        stddev = schedule.current(step, self.stddev)
+        stddev = relative.current(
+            step, self.stddev, lambda: relative.root_mean_square(step, noised())
+        )
         penalty = squared * stddev * stddev * 0.5 / batch
         step.log("noise_penalty", penalty)
         return step.loss_plus(penalty)
