@@ -105,7 +105,10 @@ def step_scope(model, variables, step_args=(), layers=(), inputs=False):
         A `Recorder`.
     """
     del model
-    tape = tf.GradientTape(watch_accessed_variables=False)
+    # Persistent: several regularisers of one composition each take gradients
+    # of the one recorded pass (in a graph, only the gradients asked for are
+    # built).
+    tape = tf.GradientTape(persistent=True, watch_accessed_variables=False)
     recorder = Recorder(tape, layers)
     with tape, contextlib.ExitStack() as stack:
         for variable in variables:

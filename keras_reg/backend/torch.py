@@ -115,18 +115,30 @@ class Step(stateless.Step):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._recorder.capturing = False
+        self._taken = {}  # id(variable) -> constant d (scaled loss) / d it
 
     def loss_gradients(self, variables, differentiable=False):
-        gradients = torch.autograd.grad(
+        if differentiable:
+            return list(self._gradients(variables, differentiable=True))
+        # Constant gradients are taken once per variable in the step: the
+        # members of a composition share them.
+        missing = [v for v in variables if id(v) not in self._taken]
+        if missing:
+            gradients = self._gradients(missing, differentiable=False)
+            self._taken.update(
+                (id(v), None if g is None else g.detach())
+                for v, g in zip(missing, gradients)
+            )
+        return [self._taken[id(v)] for v in variables]
+
+    def _gradients(self, variables, differentiable):
+        return torch.autograd.grad(
             self.scale_loss(self.loss),
             [v.value for v in variables],
             create_graph=differentiable,
             retain_graph=True,
             allow_unused=True,
         )
-        if differentiable:
-            return list(gradients)
-        return [None if g is None else g.detach() for g in gradients]
 
     def lookup_shapes(self, layer):
         outputs = self._recorder.outputs[id(layer)]
