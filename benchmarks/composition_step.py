@@ -47,7 +47,9 @@ def _model(jit_compile, regularizer):
     keras.utils.set_random_seed(0)
     model = bert_shaped.build()
     model.compile(
-        loss="sparse_categorical_crossentropy", optimizer="adam", jit_compile=jit_compile
+        loss="sparse_categorical_crossentropy",
+        optimizer="adam",
+        jit_compile=jit_compile,
     )
     if regularizer is not None:
         keras_reg.install_regularizer(model, regularizer)
@@ -66,7 +68,9 @@ def time_steps(jit_compile, steps, rounds):
     for key in ("", "min_"):
         plain = result[f"plain_{key}ms"]
         extra = {
-            name: result[f"{name}_{key}ms"] - plain for name in VARIANTS if name != "plain"
+            name: result[f"{name}_{key}ms"] - plain
+            for name in VARIANTS
+            if name != "plain"
         }
         result[f"{key}excess"] = extra["fgm_rdrop"] / (extra["fgm"] + extra["rdrop"])
     return result

@@ -29,7 +29,12 @@ def _fitted(keras, regularizer, data, style="functional", epochs=1, **kwargs):
     if regularizer is not None:
         keras_reg.install_regularizer(model, regularizer)
     history = model.fit(
-        x, y, sample_weight=w, batch_size=len(x), epochs=epochs, shuffle=False,
+        x,
+        y,
+        sample_weight=w,
+        batch_size=len(x),
+        epochs=epochs,
+        shuffle=False,
         verbose=0,
     ).history
     return model, history
@@ -60,8 +65,10 @@ class Checks:
     def test_fgm_plus_gradient_penalty_matches_the_reference(self):
         data = models.data(0)
         (E, W, b), (x, y, w) = data
-        both = [keras_reg.FGM("emb", epsilon=EPSILON),
-                keras_reg.GradientPenalty("emb", weight=1.0)]
+        both = [
+            keras_reg.FGM("emb", epsilon=EPSILON),
+            keras_reg.GradientPenalty("emb", weight=1.0),
+        ]
         model, history = _fitted(self.keras, both, data, self.style)
         expected = reference.fgm_plus_penalty_step(
             E, W, b, x, y, w, LR, EPSILON, "occurrence", 1.0
@@ -114,7 +121,10 @@ class Checks:
         model, history = _fitted(self.keras, [fgm], data, self.style, epochs=2)
         assert keras_reg.installed_regularizer(model) is fgm
         alone, plain_history = _fitted(
-            self.keras, keras_reg.FGM("emb", epsilon=EPSILON), data, self.style,
+            self.keras,
+            keras_reg.FGM("emb", epsilon=EPSILON),
+            data,
+            self.style,
             epochs=2,
         )
         for got, want in zip(models.get_weights(model), models.get_weights(alone)):
@@ -123,10 +133,14 @@ class Checks:
 
     def test_lr_zero_keeps_every_weight_bit_identical(self):
         (E, W, b), (x, y, w) = models.data(4)
-        members = [keras_reg.SAM(rho=RHO), keras_reg.FGM("emb", epsilon=EPSILON),
-                   keras_reg.RDrop(weight=1.0)]
-        model = models.compiled(self.style, lr=0.0, l2=1e-3, dropout=0.3,
-                                keras=self.keras)
+        members = [
+            keras_reg.SAM(rho=RHO),
+            keras_reg.FGM("emb", epsilon=EPSILON),
+            keras_reg.RDrop(weight=1.0),
+        ]
+        model = models.compiled(
+            self.style, lr=0.0, l2=1e-3, dropout=0.3, keras=self.keras
+        )
         models.set_weights(model, E, W, b)
         keras_reg.install_regularizer(model, members)
         model.fit(x, y, sample_weight=w, batch_size=3, epochs=2, verbose=0)
@@ -176,7 +190,9 @@ def test_refusals_name_both_and_the_fix():
         keras_reg.compose(keras_reg.SAM(), keras_reg.AWP(), fgm)
     with pytest.raises(ValueError, match=r"at most one of the multi-task balancers"):
         keras_reg.compose(keras_reg.LossBalancing(), keras_reg.LossBalancing("prior"))
-    with pytest.raises(ValueError, match=r"both have the logged term 'adversarial_loss'"):
+    with pytest.raises(
+        ValueError, match=r"both have the logged term 'adversarial_loss'"
+    ):
         keras_reg.compose(fgm, keras_reg.FGM("emb", epsilon=0.1))
     with pytest.raises(ValueError, match=r"cannot wrap the multi-task balancer"):
         keras_reg.compose(keras_reg.SAM(), keras_reg.LossBalancing())

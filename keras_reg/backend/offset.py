@@ -51,9 +51,7 @@ def merged(first, second):
         if same and not isinstance(delta, tuple):
             ops = keras.ops
             added = same[0][1]
-            same[0][1] = ops.add(
-                ops.cast(added, "float32"), ops.cast(delta, "float32")
-            )
+            same[0][1] = ops.add(ops.cast(added, "float32"), ops.cast(delta, "float32"))
         else:
             pairs.append([variable, delta])
     return [tuple(pair) for pair in pairs]
@@ -134,9 +132,7 @@ class OffsetStep:
                 return self._step.scale_loss(loss), None
 
             _, gradients = self._step.value_and_gradient(scaled_loss, missing)
-            self._gradients.update(
-                (id(v), g) for v, g in zip(missing, gradients)
-            )
+            self._gradients.update((id(v), g) for v, g in zip(missing, gradients))
         return [self._gradients[id(v)] for v in variables]
 
     def loss_gradient(self, variable):
@@ -167,9 +163,7 @@ class OffsetStep:
 
     def loss_with_perturbation(self, layer, variable, perturbation, keep_updates=True):
         del layer
-        perturbation = keras.tree.map_structure(
-            keras.ops.stop_gradient, perturbation
-        )
+        perturbation = keras.tree.map_structure(keras.ops.stop_gradient, perturbation)
         return self.training_loss(
             added=[(variable, perturbation)], keep_updates=keep_updates
         )

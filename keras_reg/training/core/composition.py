@@ -1,4 +1,4 @@
-"""Several regularisers on one model: their terms add, a weight-space method wraps them."""
+"""Several regularisers on one model: terms add, a weight-space method wraps them."""
 
 from keras_reg._compat import keras
 from keras_reg.backend.offset import OffsetStep
@@ -79,7 +79,9 @@ class _ComposedLossStep(OffsetStep):
         self._value = None
 
     def _composed(self, offsets, frozen=(), quiet=False):
-        return composed_loss(self._members, OffsetStep(self._step, offsets, frozen, quiet))
+        return composed_loss(
+            self._members, OffsetStep(self._step, offsets, frozen, quiet)
+        )
 
     def loss_gradients(self, variables, differentiable=False):
         if differentiable:
@@ -179,11 +181,12 @@ class Composition(TrainingRegularizer):
         self.regularizers = flatten(regularizers)
         if not self.regularizers:
             raise ValueError(
-                "Composition needs at least one regulariser, received "
-                "regularizers=[]."
+                "Composition needs at least one regulariser, received regularizers=[]."
             )
         self._check_roles()
-        self._check_names("logged term", [(m, m.logged_terms()) for m in self.regularizers])
+        self._check_names(
+            "logged term", [(m, m.logged_terms()) for m in self.regularizers]
+        )
 
     # ---- roles and names -----------------------------------------------------------
     def _wrapper(self):
