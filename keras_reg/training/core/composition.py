@@ -101,21 +101,14 @@ class _ComposedLossStep(OffsetStep):
             self._value = ops.stop_gradient(self._composed((), quiet=True))
         return self._value
 
-    def training_loss(
-        self,
-        x=None,
-        layer=None,
-        transform=None,
-        added=(),
-        frozen=(),
-        keep_updates=True,
-        with_output=False,
-    ):
-        if x is not None or layer is not None or with_output:
+    def training_loss(self, added=(), frozen=(), **options):
+        if any(options.get(k) is not None for k in ("x", "layer", "transform")) or (
+            options.get("with_output")
+        ):
             raise ValueError(
                 "A weight-space method inside a composition may only move the "
                 "weights (training_loss(added=...)): the other regularisers' "
-                "loss has no single output or transformed layer."
+                f"loss has no single output or transformed layer; received {options}."
             )
         return self._composed(added, frozen)
 
