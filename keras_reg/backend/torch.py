@@ -71,7 +71,9 @@ class Recorder:
 
 
 @contextlib.contextmanager
-def step_scope(model, variables, step_args=(), layers=(), inputs=False):
+def step_scope(
+    model, variables, step_args=(), layers=(), inputs=False, several=False
+):
     """Makes frozen ``variables`` differentiable for the duration of one step.
 
     Args:
@@ -82,11 +84,13 @@ def step_scope(model, variables, step_args=(), layers=(), inputs=False):
             respect to.
         inputs: Make the batch's float inputs differentiable
             (`Step.input_gradients`).
+        several: Whether several regularisers share the step (unused: the
+            graph may be read any number of times).
 
     Yields:
         A `Recorder`.
     """
-    del model
+    del model, several
     frozen = [v.value for v in variables if not getattr(v.value, "requires_grad", True)]
     for tensor in frozen:
         tensor.requires_grad_(True)

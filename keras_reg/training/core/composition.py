@@ -53,13 +53,15 @@ def composed_loss(members, step):
     """Returns ``r_1 + sum_{i > 1} (r_i - L)``: the members' terms added.
 
     ``r_i`` is member i's ``regularized_loss(step)`` and L the step's clean
-    loss; the differences are taken in float32. One member: ``r_1`` itself.
+    loss (`Step.loss`); the differences are taken in float32. One member: ``r_1`` itself.
     """
     results = [member.regularized_loss(step) for member in members]
     first = results[0]
     if len(results) == 1:
         return first
-    clean = ops.cast(step.clean_loss(), "float32")
+    # The trainer's own pass: on JAX `clean_loss` may be a recomputed copy,
+    # whose differentiation would add a backward pass the members do not need.
+    clean = ops.cast(step.loss, "float32")
     extra = sum(ops.cast(r, "float32") - clean for r in results[1:])
     return first + ops.cast(extra, first.dtype)
 

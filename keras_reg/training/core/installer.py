@@ -32,7 +32,7 @@ import warnings
 from keras_reg import backend
 from keras_reg._compat import keras
 from keras_reg.backend import keras_internals
-from keras_reg.training.core.composition import as_regularizer
+from keras_reg.training.core.composition import Composition, as_regularizer
 from keras_reg.training.core.layer_calls import check_called, recorded_calls
 from keras_reg.training.core.regularizer import TrainingRegularizer
 
@@ -121,7 +121,10 @@ class _Installation:
         # train_step(data) on TensorFlow/torch, train_step(state, data) on JAX.
         self.data = kwargs.get("data", args[-1] if args else None)
         inputs = self.regularizer.watches_inputs(self.model)
-        scope = self.backend.step_scope(self.model, variables, args, layers, inputs)
+        several = isinstance(self.regularizer, Composition)
+        scope = self.backend.step_scope(
+            self.model, variables, args, layers, inputs, several=several
+        )
         required = self.regularizer.required_layers(self.model)
         with scope as recorder, recorded_calls(required) as calls:
             self.recorder = recorder
