@@ -43,23 +43,10 @@ VARIANTS = {
 }
 
 
-def _model(jit_compile, regularizer):
-    keras.utils.set_random_seed(0)
-    model = bert_shaped.build()
-    model.compile(
-        loss="sparse_categorical_crossentropy",
-        optimizer="adam",
-        jit_compile=jit_compile,
-    )
-    if regularizer is not None:
-        keras_reg.install_regularizer(model, regularizer)
-    return model
-
-
 def time_steps(jit_compile, steps, rounds):
     x, y = bert_shaped.batch()
     variants = {
-        name: _model(jit_compile, make()).train_on_batch
+        name: bert_shaped.compiled(jit_compile, make()).train_on_batch
         for name, make in VARIANTS.items()
     }
     times = timing.interleaved_times(variants, x, y, steps, rounds)

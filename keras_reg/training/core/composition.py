@@ -53,7 +53,8 @@ def composed_loss(members, step):
     """Returns ``r_1 + sum_{i > 1} (r_i - L)``: the members' terms added.
 
     ``r_i`` is member i's ``regularized_loss(step)`` and L the step's clean
-    loss (`Step.loss`); the differences are taken in float32. One member: ``r_1`` itself.
+    loss (`Step.loss`); the differences are taken in float32. One member:
+    ``r_1`` itself.
     """
     results = [member.regularized_loss(step) for member in members]
     first = results[0]
