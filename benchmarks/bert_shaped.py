@@ -46,3 +46,24 @@ def batch(vocab=21128, size=32, length=64, classes=2, seed=0):
     x = rng.integers(1, vocab, size=(size, length)).astype("int32")
     y = rng.integers(0, classes, size=(size,)).astype("int32")
     return x, y
+
+
+def compiled(jit_compile, regularizer=None):
+    """Returns `build`'s model (seed 0) compiled with Adam, ``regularizer`` installed.
+
+    Args:
+        jit_compile: Compile the train step with XLA.
+        regularizer: What `keras_reg.install_regularizer` takes, or None.
+    """
+    import keras_reg
+
+    keras.utils.set_random_seed(0)
+    model = build()
+    model.compile(
+        loss="sparse_categorical_crossentropy",
+        optimizer="adam",
+        jit_compile=jit_compile,
+    )
+    if regularizer is not None:
+        keras_reg.install_regularizer(model, regularizer)
+    return model

@@ -35,7 +35,7 @@ class _ScopeMixin:
 
     def __init__(self, regularizer, start_epoch=0):
         super().__init__()
-        step.check_regularizer(regularizer)
+        regularizer = step.check_regularizer(regularizer)
         self.regularizer = regularizer
         self.start_epoch = _start_epoch(regularizer, start_epoch)
         self._previous = None
@@ -57,7 +57,8 @@ class _ScopeMixin:
             raise ValueError(
                 "Two RegularizationScope callbacks were given to one fit on model "
                 f"{model.name!r} ({other.regularizer!r} and {self.regularizer!r}). "
-                "A model trains with one regulariser at a time: pass one scope."
+                "Pass one scope; to train with both, give it a list: "
+                "RegularizationScope([first, second])."
             )
         self._previous = step.installed_regularizer(model)
         step.install(model, self.regularizer)
@@ -163,7 +164,7 @@ class RegularizationScope(_ScopeMixin, keras.callbacks.Callback):
 
     Args:
         regularizer: A `keras_reg.TrainingRegularizer` instance, e.g.
-            `keras_reg.FGM`.
+            `keras_reg.FGM`, or a list of them (see `keras_reg.Composition`).
         start_epoch: The epoch (0-based) from which to train with it.
 
     Raises:

@@ -71,6 +71,20 @@ CASES = {
         lambda: keras_reg.AWP(gamma=0.1, update_batch_norm=True), perturbing=True
     ),
     "rdrop": Case(lambda: keras_reg.RDrop(weight=4.0), perturbing=True),
+    "compose-additive": Case(
+        lambda: keras_reg.compose(
+            keras_reg.FGM("emb", epsilon=0.7),
+            keras_reg.GradientPenalty("emb", weight=1.0),
+            keras_reg.RDrop(weight=4.0),
+        ),
+        perturbing=True,
+    ),
+    "compose-sam": Case(
+        lambda: keras_reg.compose(
+            keras_reg.SAM(rho=0.5), keras_reg.FGM("emb", epsilon=0.7)
+        ),
+        perturbing=True,
+    ),
     "balance-gradient": Case(
         lambda: keras_reg.LossBalancing("gradient", shared_layer="shared"), "two-heads"
     ),

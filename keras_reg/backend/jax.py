@@ -58,7 +58,9 @@ class Recorder(NamedTuple):
 
 
 @contextlib.contextmanager
-def step_scope(model, variables, step_args=(), layers=(), inputs=False):
+def step_scope(
+    model, variables, step_args=(), layers=(), inputs=False, several=False
+):
     """Keeps the train step's state argument for the step's regulariser.
 
     Args:
@@ -68,13 +70,14 @@ def step_scope(model, variables, step_args=(), layers=(), inputs=False):
         layers: Layers whose outputs regularisers differentiate with respect
             to (unused, likewise).
         inputs: Whether regularisers differentiate w.r.t. the inputs (unused).
+        several: Whether several regularisers share the step (unused).
         step_args: The positional arguments of ``train_step``:
             ``(state, data)`` for Keras's JAX trainer.
 
     Yields:
         A `Recorder`.
     """
-    del model, variables, layers, inputs
+    del model, variables, layers, inputs, several
     state = step_args[0] if step_args else None
     if not (isinstance(state, (tuple, list)) and len(state) == 4):
         state = None

@@ -69,8 +69,9 @@ class Recorder:
             `base.is_lookup`) in the step's forward pass, each watched.
     """
 
-    def __init__(self, tape, layers):
+    def __init__(self, tape, layers, several=False):
         self.tape = tape
+        self.several = several
         self.outputs = {id(layer): [] for layer in layers}
         self.inputs = []
         # Only the step's own forward pass is recorded (the Step stops it).
@@ -88,9 +89,24 @@ class Recorder:
 
         return watch
 
+    def gradient(self, target, sources):
+        """``tape.gradient``; a persistent tape stops recording while it runs.
+
+        A tape read once (one regulariser) stops recording when read, as
+        TensorFlow does; a tape read by several regularisers stays open and
+        does not record the gradients' own ops (the trainer's tape, which
+        opens inside it, records them for double backprop).
+        """
+        if not self.several:
+            return self.tape.gradient(target, sources)
+        with self.tape.stop_recording():
+            return self.tape.gradient(target, sources)
+
 
 @contextlib.contextmanager
-def step_scope(model, variables, step_args=(), layers=(), inputs=False):
+def step_scope(
+    model, variables, step_args=(), layers=(), inputs=False, several=False
+):
     """Records the train step's forward pass for gradients w.r.t. ``variables``.
 
     Args:
@@ -100,13 +116,15 @@ def step_scope(model, variables, step_args=(), layers=(), inputs=False):
         layers: Layers whose lookup outputs regularisers differentiate with
             respect to (`Step.output_gradients`).
         inputs: Watch the batch's float inputs (`Step.input_gradients`).
+        several: Several regularisers (a composition) read the tape: it is
+            persistent.
 
     Yields:
         A `Recorder`.
     """
     del model
-    tape = tf.GradientTape(watch_accessed_variables=False)
-    recorder = Recorder(tape, layers)
+    tape = tf.GradientTape(persistent=several, watch_accessed_variables=False)
+    recorder = Recorder(tape, layers, several)
     with tape, contextlib.ExitStack() as stack:
         for variable in variables:
             tape.watch(raw_variable(variable))
@@ -291,7 +309,7 @@ class Step(base.Step):
         missing = [v for v in variables if id(v) not in self._taken]
         if missing:
             loss = self.scale_loss(self.loss)
-            taken = self._recorder.tape.gradient(
+            taken = self._recorder.gradient(
                 loss, [raw_variable(v) for v in missing]
             )
             self._taken.update((id(v), g) for v, g in zip(missing, taken))
@@ -344,13 +362,13 @@ class Step(base.Step):
         if not outputs:
             raise ValueError(base.NO_LOOKUP.format(name=layer.name))
         if of is not None:
-            return self._recorder.tape.gradient(of(self.y_pred), outputs)
+            return self._recorder.gradient(of(self.y_pred), outputs)
         loss = self.scale_loss(self.loss)
-        gradients = self._recorder.tape.gradient(loss, outputs)
+        gradients = self._recorder.gradient(loss, outputs)
         return [self.unscaled(g) for g in gradients]
 
     def input_gradients(self, of):
-        return self._recorder.tape.gradient(of(self.y_pred), self._recorder.inputs)
+        return self._recorder.gradient(of(self.y_pred), self._recorder.inputs)
 
     def training_loss(
         self,

@@ -71,7 +71,9 @@ class Recorder:
 
 
 @contextlib.contextmanager
-def step_scope(model, variables, step_args=(), layers=(), inputs=False):
+def step_scope(
+    model, variables, step_args=(), layers=(), inputs=False, several=False
+):
     """Makes frozen ``variables`` differentiable for the duration of one step.
 
     Args:
@@ -82,11 +84,13 @@ def step_scope(model, variables, step_args=(), layers=(), inputs=False):
             respect to.
         inputs: Make the batch's float inputs differentiable
             (`Step.input_gradients`).
+        several: Whether several regularisers share the step (unused: the
+            graph may be read any number of times).
 
     Yields:
         A `Recorder`.
     """
-    del model
+    del model, several
     frozen = [v.value for v in variables if not getattr(v.value, "requires_grad", True)]
     for tensor in frozen:
         tensor.requires_grad_(True)
@@ -115,18 +119,30 @@ class Step(stateless.Step):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._recorder.capturing = False
+        self._taken = {}  # id(variable) -> constant d (scaled loss) / d it
 
     def loss_gradients(self, variables, differentiable=False):
-        gradients = torch.autograd.grad(
+        if differentiable:
+            return list(self._gradients(variables, differentiable=True))
+        # Constant gradients are taken once per variable in the step: the
+        # members of a composition share them.
+        missing = [v for v in variables if id(v) not in self._taken]
+        if missing:
+            gradients = self._gradients(missing, differentiable=False)
+            self._taken.update(
+                (id(v), None if g is None else g.detach())
+                for v, g in zip(missing, gradients)
+            )
+        return [self._taken[id(v)] for v in variables]
+
+    def _gradients(self, variables, differentiable):
+        return torch.autograd.grad(
             self.scale_loss(self.loss),
             [v.value for v in variables],
             create_graph=differentiable,
             retain_graph=True,
             allow_unused=True,
         )
-        if differentiable:
-            return list(gradients)
-        return [None if g is None else g.detach() for g in gradients]
 
     def lookup_shapes(self, layer):
         outputs = self._recorder.outputs[id(layer)]

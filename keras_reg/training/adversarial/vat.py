@@ -241,7 +241,7 @@ class VAT(TrainingRegularizer):
 
     def carried_state(self, model):
         kind = output_kind(model, self.predictions, warn=False)
-        return probability_check.carried_state(kind)
+        return probability_check.carried_state(kind, "VAT")
 
     def check_states(self, model, states):
         probability_check.warn_once(self, states, "VAT", model.name, self.predictions)
@@ -269,7 +269,7 @@ class VAT(TrainingRegularizer):
         site = site_for(step, layer, self.perturb)
         p = site.predict(x, None)
         if kind == "probabilities":
-            probability_check.record(step, p)
+            probability_check.record(step, p, "VAT")
         # EntMin differentiates through p; the VAT terms hold it constant.
         # Means over this replica's shard become means over the global batch.
         entropy_term = (

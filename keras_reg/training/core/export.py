@@ -26,7 +26,6 @@ import sys
 import warnings
 
 from keras_reg._compat import keras
-from keras_reg.training.core import installer as installing
 from keras_reg.validation import unknown_option_message
 
 # Public name -> class or function, in the order they were exported.
@@ -154,7 +153,10 @@ def installer_function(cls, name):
     """
 
     def install(model, *args, **kwargs):
-        return installing.install(model, cls(*args, **kwargs))
+        # Imported here: the installer imports the composition, an export.
+        from keras_reg.training.core import installer
+
+        return installer.install(model, cls(*args, **kwargs))
 
     signature = inspect.signature(cls.__init__)
     model = inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD)

@@ -34,6 +34,7 @@ import numpy as np
 from keras_reg import backend
 from keras_reg._compat import keras
 from keras_reg.backend import collective_clash, keras_internals
+from keras_reg.training.core.composition import Composition, as_regularizer
 from keras_reg.training.core.layer_calls import check_called, recorded_calls
 from keras_reg.training.core.regularizer import TrainingRegularizer
 from keras_reg.training.core.schedule_check import ScheduleCheck
@@ -138,7 +139,10 @@ class _Installation:
         # train_step(data) on TensorFlow/torch, train_step(state, data) on JAX.
         self.data = kwargs.get("data", args[-1] if args else None)
         inputs = self.regularizer.watches_inputs(self.model)
-        scope = self.backend.step_scope(self.model, variables, args, layers, inputs)
+        several = isinstance(self.regularizer, Composition)
+        scope = self.backend.step_scope(
+            self.model, variables, args, layers, inputs, several=several
+        )
         required = self.regularizer.required_layers(self.model)
         with scope as recorder, recorded_calls(required) as calls:
             self.recorder = recorder
@@ -313,17 +317,15 @@ def _check_compiled(model):
 
 
 def check_regularizer(regularizer):
-    """Raises a TypeError naming the fix unless ``regularizer`` is an instance."""
+    """Returns ``regularizer`` as one regulariser instance, or raises a TypeError.
+
+    A list (or tuple) of regularisers becomes a
+    `keras_reg.training.core.composition.Composition` (a list of one: that
+    regulariser).
+    """
+    regularizer = as_regularizer(regularizer)
     if isinstance(regularizer, TrainingRegularizer):
-        return
-    if isinstance(regularizer, (list, tuple)):
-        raise TypeError(
-            "keras_reg trains a model with one regulariser at a time; received "
-            f"{len(regularizer)} ({', '.join(repr(r) for r in regularizer)}). "
-            "Their losses do not compose in one defined way (FGM replaces the "
-            "clean loss, a penalty adds to it): install one. Installing another "
-            "later replaces the first, with a warning."
-        )
+        return regularizer
     if isinstance(regularizer, type) and issubclass(regularizer, TrainingRegularizer):
         raise TypeError(
             f"Expected a regulariser instance, received the class "
@@ -399,13 +401,16 @@ def retrace(model):
 def install(model, regularizer):
     """Installs ``regularizer`` on a compiled ``model`` and returns the model.
 
-    A regulariser already installed is replaced (with a warning), never stacked.
+    A regulariser already installed is replaced (with a warning), never stacked
+    with it; to train several together, pass them as a list (their terms add,
+    see `keras_reg.Composition`).
     A regulariser is not saved with the model: after ``keras.models.load_model``
     install it again.
 
     Args:
         model: A compiled Keras 3 or tf_keras model.
-        regularizer: A `keras_reg.training.TrainingRegularizer` instance.
+        regularizer: A `keras_reg.training.TrainingRegularizer` instance, or
+            a list of them (installed as one `keras_reg.Composition`).
 
     Returns:
         ``model``, now training with ``regularizer``.
@@ -416,7 +421,7 @@ def install(model, regularizer):
         ValueError: The model is not compiled, or does not suit the regulariser.
     """
     _check_model(model, "install_regularizer()")
-    check_regularizer(regularizer)
+    regularizer = check_regularizer(regularizer)
     _check_compiled(model)
     _check_framework_options(model)
     regularizer.validate(model)

@@ -19,7 +19,18 @@ from keras_reg._compat import keras
 
 ops = keras.ops
 
-STATE = "outputs_not_probabilities"
+_SUFFIX = "_outputs_not_probabilities"
+
+
+def state_name(who):
+    """The carried state's name for regulariser ``who`` (unique per regulariser)."""
+    return f"{who.lower()}{_SUFFIX}"
+
+
+def is_record(name):
+    """Whether carried state ``name`` is such a record (a flag, not a carry)."""
+    return name.endswith(_SUFFIX)
+
 # A softmax row of a float16 or bfloat16 model sums to 1 within ~1e-2.
 _TOLERANCE = 1e-2
 
@@ -34,9 +45,9 @@ _MESSAGE = (
 )
 
 
-def carried_state(kind):
+def carried_state(kind, who):
     """Returns the state `record` needs (for outputs read as probabilities)."""
-    return {STATE: ()} if kind == "probabilities" else {}
+    return {state_name(who): ()} if kind == "probabilities" else {}
 
 
 def _not_probabilities(output):
@@ -48,19 +59,20 @@ def _not_probabilities(output):
     return ops.logical_or(negative, ops.any(off))
 
 
-def record(step, outputs):
+def record(step, outputs, who):
     """Records in the step's state whether ``outputs`` were not probabilities.
 
     Args:
         step: The `keras_reg.backend.base.Step` in progress (its regulariser
             declared `carried_state`).
         outputs: The model's output (or a structure of outputs), as read.
+        who: The regulariser's name.
     """
     flags = [_not_probabilities(o) for o in keras.tree.flatten(outputs)]
     flag = flags[0]
     for other in flags[1:]:
         flag = ops.logical_or(flag, other)
-    state = step.state(STATE)
+    state = step.state(state_name(who))
     state.assign(ops.maximum(ops.convert_to_tensor(state), ops.cast(flag, "float32")))
 
 
@@ -74,7 +86,7 @@ def warn_once(regularizer, states, who, model_name, predictions):
         model_name: The model's name.
         predictions: The user's ``predictions`` argument (None: inferred).
     """
-    value = states.get(STATE)
+    value = states.get(state_name(who))
     if value is None or not np.any(np.asarray(value) > 0):
         return
     if getattr(regularizer, "_warned_not_probabilities", False):

@@ -56,8 +56,18 @@ class TrainingRegularizer(PicklableSeeds, abc.ABC):
 
     Install one with `keras_reg.install_regularizer` (or the public helpers such
     as `keras_reg.adversarial_training`); remove it with
-    `keras_reg.remove_regularization`.
+    `keras_reg.remove_regularization`. Several compose (`keras_reg.compose`).
+
+    Attributes:
+        weight_space: Whether the regulariser moves the weights and
+            differentiates the loss there (SAM, AWP): in a composition it
+            wraps the other members' loss, and a composition holds at most one.
+        balances_tasks: Whether it re-weights the per-output losses (a
+            composition holds at most one).
     """
+
+    weight_space = False
+    balances_tasks = False
 
     def validate(self, model):
         """Checks, at install time, that ``model`` suits this regulariser.

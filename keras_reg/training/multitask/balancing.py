@@ -117,6 +117,8 @@ class LossBalancing(TrainingRegularizer):
         >>> model.fit(x, {"digit": y_digit, "ink": y_ink})
     """
 
+    balances_tasks = True
+
     def __init__(
         self,
         method="realtime",

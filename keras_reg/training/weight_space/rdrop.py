@@ -71,7 +71,7 @@ class RDrop(TrainingRegularizer):
 
     def carried_state(self, model):
         kind = output_kind(model, self.predictions, warn=False, who="RDrop")
-        return probability_check.carried_state(kind)
+        return probability_check.carried_state(kind, "RDrop")
 
     def check_states(self, model, states):
         probability_check.warn_once(
@@ -82,7 +82,7 @@ class RDrop(TrainingRegularizer):
         kind = output_kind(step.model, self.predictions, warn=False, who="RDrop")
         y_pred, loss = step.training_loss(with_output=True)
         if kind == "probabilities":
-            probability_check.record(step, step.y_pred)
+            probability_check.record(step, step.y_pred, "RDrop")
         # The KL is a mean over the global batch; each replica adds its share
         # (the framework sums the replicas' gradients).
         symmetric = step.global_mean(symmetric_kl(step.y_pred, y_pred, kind))

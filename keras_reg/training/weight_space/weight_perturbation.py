@@ -100,6 +100,8 @@ def _check_layers(layers):
 class _WeightPerturbation(TrainingRegularizer):
     """A second pass at w + e(w); subclasses give e(w) from the clean gradients."""
 
+    weight_space = True
+
     def __init__(self, update_batch_norm):
         self.update_batch_norm = boolean("update_batch_norm", update_batch_norm)
 
