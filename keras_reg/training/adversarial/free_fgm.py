@@ -195,4 +195,6 @@ def _densified(direction, shape):
     rows = getattr(direction, "rows", None)
     if rows is None:
         return direction
+    # Padding rows past the vocabulary (XLA's static shapes) hold zeros.
+    rows = ops.minimum(rows, shape[0] - 1)
     return ops.scatter(ops.expand_dims(rows, -1), direction.values, shape)
