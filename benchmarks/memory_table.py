@@ -4,13 +4,13 @@ The model: a 500,000 x 128 embedding, dropout, mean pooling and a two-layer
 head (the large-vocabulary case, where anything of the vocabulary's size is
 256 MB per float32 copy), Adam, batches of 32 x 64 token ids. Each cell runs
 in a child process of its own (``KERAS_BACKEND`` is per process): it builds
-the model, installs the regulariser, runs 3 warm-up steps (tracing,
-compilation, optimizer slots), then 25 steps while a thread samples the
+the model, installs the regulariser, runs 5 warm-up steps (tracing,
+compilation, optimizer slots), then 25 steps (``--steps``) while a thread samples the
 resident set size (``/proc/self/statm``) every millisecond. Reported:
 
 - extra peak: the cell's peak minus the plain step's peak, same backend and
   mode, in MB;
-- growth: the resident memory after the 25 steps minus before them, in MB
+- growth: the resident memory after those steps minus before them, in MB
   (a per-step leak shows here);
 - the step time over the plain step's (a side note; one run, loaded machine).
 
@@ -124,7 +124,7 @@ def child(name, jit_compile, vocab, steps):
     factory = _regularizers(keras_reg, unlabeled)[name]
     if factory is not None:
         keras_reg.install_regularizer(model, factory())
-    for _ in range(3):
+    for _ in range(5):
         model.train_on_batch(x, y)
     before = _rss_mb()
     sampler = PeakSampler()
@@ -179,7 +179,7 @@ def _cell(result, plain):
 
 
 def markdown(results, backends, names):
-    """The table: extra peak MB / growth MB over 25 steps (step time ratio)."""
+    """The table: extra peak MB / growth MB over the steps (step time ratio)."""
     head = "| regulariser | " + " | ".join(backends) + " |"
     rows = [head, "|---" * (len(backends) + 1) + "|"]
     for name in names:
@@ -206,6 +206,7 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", nargs="*", default=None, help="regularisers")
     parser.add_argument("--backends", nargs="*", default=list(BACKENDS))
+    parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--timeout", type=int, default=900)
     parser.add_argument("--output", default="results/memory_table.json")
     args = parser.parse_args()
@@ -213,7 +214,7 @@ def main():
         name, jit, vocab, steps = args.child
         child(name, bool(int(jit)), int(vocab), int(steps))
         return
-    vocab, steps = (20_000, 4) if args.quick else (500_000, 25)
+    vocab, steps = (20_000, 4) if args.quick else (500_000, args.steps)
     names = args.only or NAMES
     if "plain" not in names:
         names = ["plain"] + names
