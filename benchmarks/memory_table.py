@@ -79,7 +79,8 @@ NAMES = [
 ]  # fmt: skip
 
 
-def _rss_mb():
+def rss_mb():
+    """The resident set size of this process, in MB."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
@@ -89,12 +90,12 @@ class PeakSampler(threading.Thread):
 
     def __init__(self):
         super().__init__(daemon=True)
-        self.peak = _rss_mb()
+        self.peak = rss_mb()
         self.running = True
 
     def run(self):
         while self.running:
-            self.peak = max(self.peak, _rss_mb())
+            self.peak = max(self.peak, rss_mb())
             time.sleep(0.001)
 
 
@@ -126,7 +127,7 @@ def child(name, jit_compile, vocab, steps):
         keras_reg.install_regularizer(model, factory())
     for _ in range(5):
         model.train_on_batch(x, y)
-    before = _rss_mb()
+    before = rss_mb()
     sampler = PeakSampler()
     sampler.start()
     start = time.perf_counter()
@@ -139,7 +140,7 @@ def child(name, jit_compile, vocab, steps):
         json.dumps(
             {
                 "peak_mb": sampler.peak,
-                "growth_mb": _rss_mb() - before,
+                "growth_mb": rss_mb() - before,
                 "seconds": seconds,
             }
         )

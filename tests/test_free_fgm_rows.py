@@ -6,16 +6,9 @@ import pytest
 import keras_reg
 from keras_reg._compat import keras
 from tests import adversaries_reference, models
+from tests.test_adversaries import LR, MODES
 
 pytestmark = pytest.mark.backends("tensorflow", "jax", "torch")
-JIT = pytest.mark.backends(
-    "tensorflow", "jax", reason="jit_compile=True means torch.compile on torch"
-)
-MODES = [
-    pytest.param({}, id="graph"),
-    pytest.param({"jit_compile": True}, id="jit", marks=JIT),
-]
-LR = 0.5
 
 
 def _fit(regularizer, x, y, w, epochs, batch_size, style="functional", **kwargs):
