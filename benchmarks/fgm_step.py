@@ -25,8 +25,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -36,6 +34,7 @@ import numpy as np  # noqa: E402
 
 import keras_reg  # noqa: E402
 from benchmarks import bert_shaped, timing  # noqa: E402
+from benchmarks.memory_table import PeakSampler, rss_mb  # noqa: E402
 from keras_reg._compat import keras  # noqa: E402
 
 EPSILON = 1.0
@@ -103,39 +102,20 @@ def time_steps(jit_compile, steps, rounds):
     return result
 
 
-def _rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-class PeakSampler(threading.Thread):
-    """Samples the resident set size every millisecond; keeps the maximum."""
-
-    def __init__(self):
-        super().__init__(daemon=True)
-        self.peak = _rss_mb()
-        self.running = True
-
-    def run(self):
-        while self.running:
-            self.peak = max(self.peak, _rss_mb())
-            time.sleep(0.001)
-
-
 def memory_child(variant, jit_compile, vocab, steps):
     """Runs in a child process: prints the peak RSS during steps and its growth."""
     x, y = bert_shaped.batch(vocab=vocab, size=8)
     model = _model(jit_compile, vocab=vocab, regularized=variant == "fgm")
     for _ in range(5):  # trace, compile, allocate optimizer slots
         model.train_on_batch(x, y)
-    before = _rss_mb()
+    before = rss_mb()
     sampler = PeakSampler()
     sampler.start()
     for _ in range(steps):
         model.train_on_batch(x, y)
     sampler.running = False
     sampler.join()
-    after = _rss_mb()
+    after = rss_mb()
     print(json.dumps({"peak_mb": sampler.peak, "growth_mb": after - before}))
 
 

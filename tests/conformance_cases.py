@@ -28,6 +28,11 @@ class Case:
     make: Callable
     model: str = "tokens"  # a key of KINDS
     perturbing: bool = False  # perturbs weights or activations in an extra pass
+    lookup_only: bool = False  # refuses an L2-read matrix: the L2 variants skip it
+
+    def l2_values(self, l2):
+        """The L2 strengths to check: ``(0.0, l2)``, or ``(0.0,)`` if lookup-only."""
+        return (0.0,) if self.lookup_only else (0.0, l2)
 
 
 CASES = {
@@ -46,6 +51,11 @@ CASES = {
         perturbing=True,
     ),
     "free-fgm": Case(lambda: keras_reg.FreeFGM("emb", epsilon=0.7), perturbing=True),
+    "free-fgm-rows": Case(
+        lambda: keras_reg.FreeFGM("emb", epsilon=0.7, batch_tokens=512),
+        perturbing=True,
+        lookup_only=True,
+    ),
     "vat-output": Case(
         lambda: keras_reg.VAT(
             "emb", epsilon=0.5, xi=1.0, perturb="output", unlabeled=_UNLABELED, seed=1

@@ -187,7 +187,8 @@ class Checks:
         """lr=0: two epochs of 3 steps leave every trainable weight bit-identical."""
         if jit_compile and not self.framework.has_jit:
             pytest.skip("jit_compile=True is torch.compile, refused on torch")
-        for l2 in (0.0, 1e-3):  # the lookup path, then the in-place/substitution path
+        # The lookup path, then the in-place/substitution path.
+        for l2 in CASES[name].l2_values(1e-3):
             model = compiled(
                 self.framework, name, lr=0.0, l2=l2, jit_compile=jit_compile
             )
@@ -231,7 +232,8 @@ class Checks:
         else:
             framework.set_policy(policy)
             try:  # with an L2 loss: the in-place path too
-                model = compiled(framework, name, l2=1e-3, optimizer="sgd")
+                l2 = CASES[name].l2_values(1e-3)[-1]
+                model = compiled(framework, name, l2=l2, optimizer="sgd")
             finally:
                 framework.set_policy("float32")
         keras_reg.install_regularizer(model, CASES[name].make())

@@ -205,7 +205,7 @@ def tf_keras_cases():
         model, data, _ = of_suite("fgm")(keras)
         return model, data, None
 
-    names = ("fgm", "gp-row", "vat-matrix")
+    names = ("fgm", "gp-row", "vat-matrix", "free-fgm-rows")
     return {"plain": plain, **{name: of_suite(name) for name in names}}
 
 

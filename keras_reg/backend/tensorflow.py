@@ -5,10 +5,12 @@ whole train step, so the step's own forward pass is reused (no second clean
 forward).
 
 The embedding gradient is a `tf.IndexedSlices` with one row per token
-occurrence. In graph mode repeated rows are summed (``unique`` +
-``unsorted_segment_sum``), so the maths equals the dense matrix's while only
-the touched rows are handled; under XLA (``jit_compile=True``) ``unique`` and
-scatters are slow on CPU (measured 12x), so the gradient is densified.
+occurrence. Repeated rows are summed, so the maths equals the dense matrix's
+while only the touched rows are handled: in graph mode with ``unique`` +
+``unsorted_segment_sum``; under XLA (``jit_compile=True``), where ``unique``
+is slow on CPU, by a stable sort and a segment sum into as many rows as there
+are occurrences (`sum_sorted_rows`: static shapes, nothing of the
+vocabulary's size).
 
 A perturbation of the matrix E reaches the perturbed forward pass in one of two
 ways:
@@ -162,7 +164,39 @@ def sum_repeated_rows(gradient):
     return SparseRows(rows, values)
 
 
-def scale_to_norm(gradient, epsilon, dense):
+# A row index past any vocabulary: the padding rows of `sum_sorted_rows`.
+PAD_ROW = 2**31 - 1
+
+
+def sum_sorted_rows(gradient):
+    """`sum_repeated_rows` with static shapes, for XLA (no ``unique``).
+
+    Args:
+        gradient: A `tf.IndexedSlices` with one row per occurrence.
+
+    Returns:
+        `SparseRows` with as many rows as occurrences: the unique rows in
+        ascending order, then rows `PAD_ROW` of zeros. Repeated rows are
+        summed in their order of occurrence (a stable sort), as
+        `sum_repeated_rows` sums them.
+    """
+    indices = gradient.indices
+    order = tf.argsort(indices, stable=True)
+    ordered = tf.gather(indices, order)
+    first = tf.concat([tf.ones([1], tf.bool), ordered[1:] != ordered[:-1]], 0)
+    segment = tf.cumsum(tf.cast(first, tf.int32)) - 1
+    size = tf.shape(indices)[0]
+    values = tf.math.unsorted_segment_sum(
+        tf.gather(gradient.values, order), segment, size
+    )
+    rows = tf.math.unsorted_segment_sum(
+        tf.where(first, ordered, tf.zeros_like(ordered)), segment, size
+    )
+    used = tf.range(size) < tf.reduce_sum(tf.cast(first, tf.int32))
+    return SparseRows(tf.where(used, rows, tf.cast(PAD_ROW, rows.dtype)), values)
+
+
+def scale_to_norm(gradient, epsilon, static_shapes):
     """Returns ``epsilon * gradient / ||gradient||`` as `SparseRows` or a tensor.
 
     Where the norm is 0 or not finite (a NaN or infinite loss) the result is 0:
@@ -171,10 +205,10 @@ def scale_to_norm(gradient, epsilon, dense):
     Args:
         gradient: A `tf.Tensor` or `tf.IndexedSlices`.
         epsilon: The norm of the result.
-        dense: Densify a sparse gradient (the faster choice under XLA).
+        static_shapes: Sum repeated rows with `sum_sorted_rows` (XLA).
     """
-    if isinstance(gradient, tf.IndexedSlices) and not dense:
-        summed = sum_repeated_rows(gradient)
+    if isinstance(gradient, tf.IndexedSlices):
+        summed = (sum_sorted_rows if static_shapes else sum_repeated_rows)(gradient)
         return SparseRows(summed.rows, _scaled(summed.values, epsilon))
     return _scaled(tf.convert_to_tensor(gradient), epsilon)
 
@@ -229,16 +263,17 @@ def perturbed(variable, perturbation):
         perturbation: `SparseRows` (only those rows change) or a dense tensor.
     """
     if isinstance(perturbation, SparseRows):
-        saved = tf.gather(variable, perturbation.rows)
+        # `PAD_ROW` rows (of zeros) land on the last row: adding 0, restoring it.
+        last = tf.cast(tf.shape(variable)[0] - 1, perturbation.rows.dtype)
+        rows = tf.minimum(perturbation.rows, last)
+        saved = tf.gather(variable, rows)
         variable.scatter_add(
-            tf.IndexedSlices(
-                tf.cast(perturbation.values, variable.dtype), perturbation.rows
-            )
+            tf.IndexedSlices(tf.cast(perturbation.values, variable.dtype), rows)
         )
         try:
             yield
         finally:
-            variable.scatter_update(tf.IndexedSlices(saved, perturbation.rows))
+            variable.scatter_update(tf.IndexedSlices(saved, rows))
     else:
         saved = tf.identity(variable)
         variable.assign_add(tf.cast(perturbation, variable.dtype))
@@ -397,11 +432,7 @@ class Step(base.Step):
         if gradient is None:
             return tf.constant(0.0)
         if isinstance(gradient, tf.IndexedSlices):
-            values = (
-                tf.convert_to_tensor(gradient)
-                if self._dense()
-                else sum_repeated_rows(gradient).values
-            )
+            values = self._summed_rows(gradient).values
         else:
             values = gradient
         return tf.reduce_sum(tf.square(tf.cast(values, tf.float32)))
@@ -443,7 +474,13 @@ class Step(base.Step):
         return optimizer.scale_loss(loss) if optimizer is not None else loss
 
     def scale_to_norm(self, gradient, epsilon):
-        return scale_to_norm(gradient, epsilon, dense=self._dense())
+        return scale_to_norm(gradient, epsilon, static_shapes=self._xla())
+
+    def _summed_rows(self, gradient):
+        """`SparseRows` of a `tf.IndexedSlices`, repeated rows summed."""
+        if self._xla():
+            return sum_sorted_rows(gradient)
+        return sum_repeated_rows(gradient)
 
     def _rows(self, perturbation, ids):
         return lookup(perturbation, ids)
@@ -462,7 +499,7 @@ class Step(base.Step):
                 tf.concat([first.values, second.values], 0),
                 tf.concat([first.rows, second.rows], 0),
             )
-            return sum_repeated_rows(union)
+            return self._summed_rows(union)
         return _dense(first) + _dense(second)
 
     def clip_to_norm(self, perturbation, epsilon):
@@ -496,7 +533,7 @@ class Step(base.Step):
     def _embedding_class(self):
         return keras.layers.Embedding
 
-    def _dense(self):
+    def _xla(self):
         return bool(getattr(self.model, "jit_compile", False))
 
     def _perturbed_loss(self, y_pred, x):

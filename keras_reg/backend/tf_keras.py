@@ -48,7 +48,7 @@ def detach_metric(model, metric):
     metrics[:] = [m for m in metrics if m is not metric]
 
 
-def attach_state(model, name, shape):
+def attach_state(model, name, shape, dtype="float32"):
     """Attaches a carried state (see `keras_reg.backend.base.Step.state`).
 
     A tf_keras metric in the model's own metric list (never among its weights)
@@ -60,7 +60,7 @@ def attach_state(model, name, shape):
         def __init__(self):
             super().__init__(name="state_" + name, dtype="float32")
             self.carried = self.add_weight(
-                "carried", shape=tuple(shape), initializer="zeros"
+                "carried", shape=tuple(shape), initializer="zeros", dtype=dtype
             )
 
         def update_state(self, value):

@@ -49,7 +49,7 @@ def attach_metric(model, name):
 
 
 class CarriedState(keras.metrics.Metric):
-    """A float32 variable kept from one training step to the next.
+    """A variable (float32 unless said) kept from one training step to the next.
 
     Attached to the model as a metric: on JAX the train step then threads its
     value through its state (metric variables are part of it), on TensorFlow
@@ -61,10 +61,10 @@ class CarriedState(keras.metrics.Metric):
         carried: The variable, zero when attached.
     """
 
-    def __init__(self, name, shape):
+    def __init__(self, name, shape, dtype="float32"):
         super().__init__(name=name, dtype="float32")
         self.carried = self.add_variable(
-            shape=tuple(shape), initializer="zeros", dtype="float32", name=name
+            shape=tuple(shape), initializer="zeros", dtype=dtype, name=name
         )
 
     def update_state(self, value, *args, **kwargs):
@@ -79,9 +79,9 @@ class CarriedState(keras.metrics.Metric):
         return {}
 
 
-def attach_state(model, name, shape):
+def attach_state(model, name, shape, dtype="float32"):
     """Attaches a `CarriedState` of ``shape`` to ``model`` and returns it."""
-    state = CarriedState("state_" + name, shape)
+    state = CarriedState("state_" + name, shape, dtype)
     with keras_internals.tracker_unlocked(model):
         setattr(model, _PREFIX + "state_" + name, state)
     return state

@@ -44,6 +44,13 @@ _ATTRIBUTES = ("train_step", "compute_loss", "get_metrics_result")
 _FORWARD = keras_internals.JAX_FORWARD
 
 
+def _state_spec(spec):
+    """``(shape, dtype)`` of a `carried_state` entry: a shape or (shape, dtype)."""
+    if len(spec) == 2 and isinstance(spec[0], (tuple, list)):
+        return tuple(spec[0]), spec[1]
+    return tuple(spec), "float32"
+
+
 class _Installation:
     """The regulariser installed on one model, and what to restore on removal."""
 
@@ -65,8 +72,8 @@ class _Installation:
             for name in regularizer.logged_terms()
         }
         self.states = {
-            name: self.backend.attach_state(model, name, shape)
-            for name, shape in regularizer.carried_state(model).items()
+            name: self.backend.attach_state(model, name, *_state_spec(spec))
+            for name, spec in regularizer.carried_state(model).items()
         }
         self.schedule_check = ScheduleCheck(regularizer, lambda: _iterations(model))
         # Per thread: under tf.distribute.MirroredStrategy each replica traces

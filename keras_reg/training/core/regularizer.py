@@ -89,6 +89,9 @@ class TrainingRegularizer(PicklableSeeds, abc.ABC):
     def carried_state(self, model):
         """Returns ``{name: shape}`` of the float32 state kept between steps.
 
+        A value may also be ``(shape, dtype)`` for a state of another dtype
+        (FreeFGM's carried row indices are int32).
+
         Each becomes a zero variable when the regulariser is installed, read
         and assigned in the step with ``step.state(name)``; it is not saved with
         the model's weights (FreeFGM's previous gradient).
