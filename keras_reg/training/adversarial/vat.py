@@ -257,14 +257,7 @@ class VAT(TrainingRegularizer):
             layer = find_embedding_layer(step.model, self.embedding_name)
         site = site_for(step, layer, self.perturb)
         p = site.predict(x, None)
-        # EntMin differentiates through p; the VAT terms hold it constant.
-        # Means over this replica's shard become means over the global batch.
-        entropy_term = (
-            step.global_mean(entropy(p, kind))
-            * schedule.current(step, self.entropy_weight)
-            if self.entropy_weight
-            else 0
-        )
+        entropy_term = self.entropy_term(step, p, kind)
         p = keras.tree.map_structure(ops.stop_gradient, p)
         seed = step.seed(self.noise_seed)
 
@@ -290,6 +283,17 @@ class VAT(TrainingRegularizer):
         r = ops.stop_gradient(normalize(d, self.norm, local) * epsilon)
         vat_loss = step.global_mean(kl_divergence(p, site.predict(x, r), kind))
         return vat_loss, entropy_term
+
+    def entropy_term(self, step, p, kind):
+        """Returns ``entropy_weight`` x the entropy of ``p``, or 0 when that is off.
+
+        EntMin differentiates through ``p``; the VAT terms hold it constant.
+        The mean over this replica's shard becomes the global batch's.
+        """
+        if not self.entropy_weight:
+            return 0
+        weight = schedule.current(step, self.entropy_weight)
+        return step.global_mean(entropy(p, kind)) * weight
 
     def get_config(self):
         """Returns the arguments, without the unlabelled data (never serialised).
