@@ -118,3 +118,24 @@ def initial_direction(site, x, vocab, dim):
     for slot, token in enumerate(np.unique(x)):
         d0[token] = slots[slot]
     return d0
+
+
+def free_vat_sgd_step(params, x, y, w, x_u, d, site, lr, epsilon, weight, norm):
+    """One SGD step of FreeVAT given the carried direction ``d`` of ``x_u``.
+
+    Returns ``(parameters after the step, the direction it carries)``: the
+    gradient of KL(p || model at r) with respect to r, at the old parameters.
+    """
+    params = [np.asarray(q, np.float64).copy() for q in params]
+    p = probabilities(params, x_u, site)
+    r = epsilon * normalize(np.asarray(d, np.float64), norm)
+
+    def vat():
+        return kl(p, probabilities(params, x_u, site, r))
+
+    def total():
+        return weight * vat() + cross_entropy(probabilities(params, x, site), y, w)
+
+    carried = numerical_gradient(vat, r)
+    grads = [numerical_gradient(total, q) for q in params]
+    return [q - lr * g for q, g in zip(params, grads)], carried
