@@ -17,30 +17,15 @@ def _jit_options():
     return [False] if keras.backend.backend() == "torch" else [False, True]
 
 
-class _Draws:
-    """Unlabelled draws of ``n`` examples take ``(arange(n) + start) % pool``."""
-
-    def __init__(self, monkeypatch):
-        self.start = 0
-        monkeypatch.setattr(keras.random, "randint", self.randint)
-
-    def randint(self, shape, minval, maxval, seed=None, dtype="int32"):
-        return (keras.ops.arange(shape[0], dtype="int32") + self.start) % maxval
-
-
 def _two_steps(model, x, y, w, draws, shift):
-    """One step on draw 0, then (the step traced again) one on draw ``shift``."""
-    models.fit_one_batch(model, x, y, w)
-    draws.start = shift
-    if keras.backend.backend() == "jax":  # jax.jit reuses a trace of the same step
-        import jax
-
-        jax.clear_caches()
-    model.make_train_function(force=True)
-    models.fit_one_batch(model, x, y, w)
+    fixed_noise.two_steps(
+        model, lambda: models.fit_one_batch(model, x, y, w), draws, shift
+    )
 
 
-@pytest.mark.parametrize("jit_compile", _jit_options(), ids=lambda j: "xla" if j else "graph")
+@pytest.mark.parametrize(
+    "jit_compile", _jit_options(), ids=lambda j: "xla" if j else "graph"
+)
 def test_inputs_two_steps_match_reference(jit_compile, monkeypatch):
     """Step 2 reuses example 2's direction from step 1; 3 and 4 start afresh."""
     fixed_noise.install(monkeypatch)
@@ -58,7 +43,7 @@ def test_inputs_two_steps_match_reference(jit_compile, monkeypatch):
         optimizer=keras.optimizers.SGD(LR),
         jit_compile=jit_compile,
     )
-    draws = _Draws(monkeypatch)
+    draws = fixed_noise.ShiftedDraws(monkeypatch)
     keras_reg.free_virtual_adversarial_training(
         model, epsilon=EPSILON, weight=WEIGHT, unlabeled=pool, unlabeled_batch_size=3
     )
@@ -76,7 +61,9 @@ def test_inputs_two_steps_match_reference(jit_compile, monkeypatch):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("jit_compile", _jit_options(), ids=lambda j: "xla" if j else "graph")
+@pytest.mark.parametrize(
+    "jit_compile", _jit_options(), ids=lambda j: "xla" if j else "graph"
+)
 def test_matrix_two_steps_match_reference(jit_compile, monkeypatch):
     """Step 2's shared tokens get step 1's rows, its new tokens none."""
     fixed_noise.install(monkeypatch)
@@ -94,7 +81,7 @@ def test_matrix_two_steps_match_reference(jit_compile, monkeypatch):
         optimizer=keras.optimizers.SGD(LR),
         jit_compile=jit_compile,
     )
-    draws = _Draws(monkeypatch)
+    draws = fixed_noise.ShiftedDraws(monkeypatch)
     keras_reg.free_virtual_adversarial_training(
         model,
         "emb",
@@ -113,7 +100,16 @@ def test_matrix_two_steps_match_reference(jit_compile, monkeypatch):
     shared = np.zeros((models.VOCAB, 1))
     shared[np.intersect1d(first, second)] = 1.0  # tokens 1 and 3
     expected, _ = vat_reference.free_vat_sgd_step(
-        params, x, y, w, second, carried * shared, "matrix", LR, EPSILON, WEIGHT,
+        params,
+        x,
+        y,
+        w,
+        second,
+        carried * shared,
+        "matrix",
+        LR,
+        EPSILON,
+        WEIGHT,
         "batch",
     )
     for got, want in zip(models.get_weights(model), expected):
@@ -151,8 +147,10 @@ def test_config_round_trip_and_pickle():
     "kwargs, message",
     [
         ({}, "needs `unlabeled` arrays"),
-        ({"embedding_name": "emb", "unlabeled": np.zeros((4, 5), "int32")},
-         "`unlabeled_batch_size`"),
+        (
+            {"embedding_name": "emb", "unlabeled": np.zeros((4, 5), "int32")},
+            "`unlabeled_batch_size`",
+        ),
         (
             {
                 "embedding_name": "emb",

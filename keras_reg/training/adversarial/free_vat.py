@@ -208,7 +208,9 @@ def _unscaled(step, gradient):
     if not hasattr(gradient, "dense_shape"):  # not a tf.IndexedSlices
         return step.unscaled(gradient)
     factor = ops.cast(step.scale_loss(ops.ones((), "float32")), gradient.values.dtype)
-    return type(gradient)(gradient.values / factor, gradient.indices, gradient.dense_shape)
+    return type(gradient)(
+        gradient.values / factor, gradient.indices, gradient.dense_shape
+    )
 
 
 def _is_zero(direction, per_example):
