@@ -27,7 +27,7 @@ def _two_steps(model, x, y, w, draws, shift):
     "jit_compile", _jit_options(), ids=lambda j: "xla" if j else "graph"
 )
 def test_inputs_two_steps_match_reference(jit_compile, monkeypatch):
-    """Step 2 reuses example 2's direction from step 1; 3 and 4 start afresh."""
+    """Step 2 reuses examples 0 and 1's directions (signs drawn); 4 starts afresh."""
     fixed_noise.install(monkeypatch)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(4, 4)).astype("float32")
@@ -47,15 +47,17 @@ def test_inputs_two_steps_match_reference(jit_compile, monkeypatch):
     keras_reg.free_virtual_adversarial_training(
         model, epsilon=EPSILON, weight=WEIGHT, unlabeled=pool, unlabeled_batch_size=3
     )
-    _two_steps(model, x, y, w, draws, 2)
+    _two_steps(model, x, y, w, draws, 4)
 
     fresh = vat_reference.fixed_direction((3, 4))
     params, carried = vat_reference.free_vat_sgd_step(
         [W, b], x, y, w, pool[:3], fresh, "input", LR, EPSILON, WEIGHT, "example"
     )
-    d = np.concatenate([carried[2:], fresh[1:]])  # examples 2, 3, 4
+    # Examples 4, 0, 1: a fresh draw, then the carried rows with drawn signs.
+    keep = np.where(vat_reference.fixed_uniform((3, 1)) < 0.5, 1.0, -1.0)
+    d = np.concatenate([fresh[:1], carried[:2] * keep[1:]])
     expected, _ = vat_reference.free_vat_sgd_step(
-        params, x, y, w, pool[2:], d, "input", LR, EPSILON, WEIGHT, "example"
+        params, x, y, w, pool[[4, 0, 1]], d, "input", LR, EPSILON, WEIGHT, "example"
     )
     for got, want in zip(model.layers[0].get_weights(), expected):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
@@ -65,7 +67,7 @@ def test_inputs_two_steps_match_reference(jit_compile, monkeypatch):
     "jit_compile", _jit_options(), ids=lambda j: "xla" if j else "graph"
 )
 def test_matrix_two_steps_match_reference(jit_compile, monkeypatch):
-    """Step 2's shared tokens get step 1's rows, its new tokens none."""
+    """Step 2's shared tokens get step 1's rows (one drawn sign), its new ones none."""
     fixed_noise.install(monkeypatch)
     rng = np.random.default_rng(1)
     E, W, b = models.initial_weights(rng)
@@ -105,7 +107,7 @@ def test_matrix_two_steps_match_reference(jit_compile, monkeypatch):
         y,
         w,
         second,
-        carried * shared,
+        carried * shared * _sign(),
         "matrix",
         LR,
         EPSILON,
@@ -165,3 +167,8 @@ def test_config_round_trip_and_pickle():
 def test_refuses_what_cannot_be_carried(kwargs, message):
     with pytest.raises(ValueError, match=message):
         keras_reg.FreeVAT(**kwargs)
+
+
+def _sign():
+    """The sign drawn for the carried rows (one for the whole matrix)."""
+    return 1.0 if vat_reference.fixed_uniform(()) < 0.5 else -1.0

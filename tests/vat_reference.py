@@ -102,6 +102,12 @@ def fixed_direction(shape):
     return np.cos(np.arange(n) * 1.7 + 0.3).reshape(shape)
 
 
+def fixed_uniform(shape):
+    """The stand-in for a uniform draw in [0, 1] (tests/fixed_noise.py's)."""
+    n = int(np.prod(shape))
+    return (0.5 + 0.5 * np.sin(np.arange(n) * 2.3 + 0.1)).reshape(shape)
+
+
 def initial_direction(site, x, vocab, dim):
     """The d0 keras_reg starts from under the fixed noise, as an array for `site`.
 

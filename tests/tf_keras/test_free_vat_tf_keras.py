@@ -18,7 +18,7 @@ LR, EPSILON, WEIGHT = 0.5, 0.8, 1.5
 
 
 def test_matrix_two_steps_match_reference(monkeypatch):
-    """Step 2's shared tokens get step 1's rows, its new tokens none."""
+    """Step 2's shared tokens get step 1's rows (one drawn sign), its new ones none."""
     fixed_noise.install(monkeypatch)
     draws = fixed_noise.ShiftedDraws(monkeypatch)
     rng = np.random.default_rng(1)
@@ -70,7 +70,7 @@ def test_matrix_two_steps_match_reference(monkeypatch):
         y,
         w,
         second,
-        carried * shared,
+        carried * shared * _sign(),
         "matrix",
         LR,
         EPSILON,
@@ -79,3 +79,8 @@ def test_matrix_two_steps_match_reference(monkeypatch):
     )
     for got, want in zip(model.get_weights(), expected):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def _sign():
+    """The sign drawn for the carried rows (one for the whole matrix)."""
+    return 1.0 if vat_reference.fixed_uniform(()) < 0.5 else -1.0

@@ -36,13 +36,19 @@ class FreeVAT(VAT):
     the VAT loss with respect to the perturbation (taken in the same backward
     pass as the weights' gradients), the step is
 
-        d = the carried direction of this unlabelled batch
-            (a fresh d ~ N(0, I) where nothing is carried, as in VAT)
+        d = +- the carried direction of this unlabelled batch, the sign
+            drawn at random (per example, or once for matrix rows); a
+            fresh d ~ N(0, I) where nothing is carried, as in VAT
         r = epsilon * d / ||d||
         loss = supervised + weight * KL(p || model at r)
         carried <- g = d KL(p || model at r) / d r     (for the next steps)
 
     i.e. one power iteration with ``xi = epsilon``, spread over two steps.
+    The random sign keeps what VAT's random start gives: the direction is
+    an eigenvector, defined up to its sign, and KL is larger on one side of
+    an example than the other. Carried with its sign, the direction stays
+    on one side (two moons, 8 labels, 3 seeds: 0.83 test accuracy, the
+    baseline's, against 0.99 with the random sign).
     A step costs the supervised step, one inference pass for p and one
     forward + backward pass (VAT: two of those).
 
@@ -163,10 +169,17 @@ class FreeVAT(VAT):
         if layer is None:
             carried = ops.take(step.state(_TABLE), index, axis=0)
             fresh = step.draw_per_example(draw, ops.shape(carried))
+            flip = step.draw_per_example(
+                lambda shape: keras.random.uniform(shape, seed=seed),
+                _is_zero(carried, per_example=True).shape,
+            )
+            carried = ops.where(flip < 0.5, carried, -carried)
             d = ops.where(_is_zero(carried, per_example=True), fresh, carried)
         else:
             slot_ids = _slot_ids(site)
             carried = _carried_rows(step, slot_ids)
+            flip = keras.random.uniform((), seed=seed)
+            carried = ops.where(flip < 0.5, carried, -carried)
             fresh = site.restrict(draw(ops.shape(carried)))
             d = ops.where(_is_zero(carried, per_example=False), fresh, carried)
         local = step if site.per_example else None
