@@ -188,7 +188,9 @@ def plot(path, curves, title):
         right.scatter(
             np.arange(len(runs)), accuracies[:, -1], color=color, label=name, s=40
         )
-    baseline, vat = (np.array([c[-1][1] for c in r]) for r in curves.values())
+    baseline, vat = (
+        np.array([c[-1][1] for c in curves[name]]) for name in ("baseline", "VAT")
+    )
     for seed, (a, b) in enumerate(zip(baseline, vat)):
         right.plot([seed, seed], [a, b], color="black", alpha=0.4, linewidth=1)
     left.set(xlabel="epoch", ylabel="test accuracy", title="learning curves")

@@ -75,8 +75,9 @@ class FreeVAT(VAT):
     Args:
         embedding_name: The embedding layer to perturb, or None for the inputs.
         epsilon: Norm of the adversarial perturbation r, or a schedule.
-        unlabeled: Unlabelled input arrays (required: the carried directions
-            are indexed by their examples or tokens).
+        unlabeled: Unlabelled input arrays (required at install: the carried
+            directions are indexed by their examples or tokens; never
+            serialised, pass them again after `from_config`).
         unlabeled_batch_size: Unlabelled examples per step; required with an
             embedding (it sizes the carried rows), None for inputs: as many as
             the labelled batch.
@@ -126,18 +127,23 @@ class FreeVAT(VAT):
                 "per position, which no later batch shares). Use "
                 "perturb='matrix', or VAT for perturb='output'."
             )
+
+    def validate(self, model):
+        super().validate(model)
         if self.sampler.arrays is None or (
-            embedding_name is not None and self.unlabeled_batch_size is None
+            self.embedding_name is not None and self.unlabeled_batch_size is None
         ):
             need = "`unlabeled` arrays" + (
-                "" if embedding_name is None else " and `unlabeled_batch_size`"
+                "" if self.embedding_name is None else " and `unlabeled_batch_size`"
             )
+            given = "arrays" if self.sampler.arrays is not None else "none"
             raise ValueError(
                 f"FreeVAT carries each direction to the next step that draws "
                 f"the same example or token, so it needs {need} (they size the "
-                f"carried state); received unlabeled={type(unlabeled).__name__}, "
-                f"unlabeled_batch_size={unlabeled_batch_size!r}. Pass e.g. "
-                "unlabeled=x_unlabeled, unlabeled_batch_size=64, or use VAT."
+                f"carried state); received unlabeled={given}, "
+                f"unlabeled_batch_size={self.unlabeled_batch_size!r}. Pass e.g. "
+                "unlabeled=x_unlabeled, unlabeled_batch_size=64 (after "
+                "`from_config`, pass the data again), or use VAT."
             )
 
     def carried_state(self, model):
