@@ -221,6 +221,18 @@ class FreeVAT(VAT):
         del config["xi"], config["iters"]
         return config
 
+    @classmethod
+    def from_config(cls, config):
+        """As `VAT.from_config`; ``unlabeled_batch_size`` is kept without the data.
+
+        It sizes the carried rows once the data is passed again.
+        """
+        size = config.get("unlabeled_batch_size")
+        restored = super().from_config(config)
+        if restored.sampler.arrays is None:
+            restored.unlabeled_batch_size = size
+        return restored
+
 
 def _unscaled(step, gradient):
     """`Step.unscaled`, keeping a sparse (row) gradient sparse."""
