@@ -12,10 +12,10 @@ References:
 from keras_reg._compat import keras
 from keras_reg.training.adversarial.vat import VAT, normalize
 from keras_reg.training.core import schedule
-from keras_reg.training.core.divergence import kl_divergence, output_kind
+from keras_reg.training.core.divergence import kl_divergence
 from keras_reg.training.core.embedding import embedding_matrix, find_embedding_layer
 from keras_reg.training.core.export import export
-from keras_reg.training.core.perturbation_sites import is_integer_dtype, site_for
+from keras_reg.training.core.perturbation_sites import is_integer_dtype
 
 ops = keras.ops
 
@@ -158,21 +158,14 @@ class FreeVAT(VAT):
         return {_IDS: (capacity,), _ROWS: (capacity, dim)}
 
     def terms(self, step):
-        kind = output_kind(step.model, self.predictions, warn=False)
-        x, index = self.sampler.draw_indexed(step)
-        layer = None
-        if self.embedding_name is not None:
-            layer = find_embedding_layer(step.model, self.embedding_name)
-        site = site_for(step, layer, self.perturb)
-        p = site.predict(x, None)
-        entropy_term = self.entropy_term(step, p, kind)
-        p = keras.tree.map_structure(ops.stop_gradient, p)
-        seed = step.seed(self.noise_seed)
+        clean = self.clean_pass(step)
+        kind, x, site, p, seed = clean.kind, clean.x, clean.site, clean.p, clean.seed
+        index = clean.index
 
         def draw(shape):
             return keras.random.normal(shape, seed=seed)
 
-        if layer is None:
+        if self.embedding_name is None:
             carried = ops.take(step.state(_TABLE), index, axis=0)
             fresh = step.draw_per_example(draw, ops.shape(carried))
             flip = step.draw_per_example(
@@ -202,13 +195,13 @@ class FreeVAT(VAT):
         loss, gradients = step.value_and_gradient(objective, variables + [r])
         gradients = [_unscaled(step, g) for g in gradients]
         direction = gradients[-1]
-        if layer is None:
+        if self.embedding_name is None:
             _store_examples(step, index, direction)
         else:
             _store_rows(step, slot_ids, step.global_sum(direction))
         vat_loss = step.global_mean(ops.stop_gradient(loss))
         term = step.linear_loss(vat_loss, variables, gradients[:-1])
-        return term, vat_loss, entropy_term
+        return term, vat_loss, clean.entropy_term
 
     def regularized_loss(self, step):
         term, vat_loss, entropy_term = self.terms(step)
