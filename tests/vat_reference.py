@@ -145,3 +145,34 @@ def free_vat_sgd_step(params, x, y, w, x_u, d, site, lr, epsilon, weight, norm):
     carried = numerical_gradient(vat, r)
     grads = [numerical_gradient(total, q) for q in params]
     return [q - lr * g for q, g in zip(params, grads)], carried
+
+
+def free_vat_matrix_two_steps(params, x, y, w, first, second, lr, epsilon, weight):
+    """Parameters after two FreeVAT steps on matrix rows (unlabelled draws given).
+
+    Step 1 starts from `initial_direction`; step 2 carries step 1's rows of the
+    tokens both draws share (none for the others), times the one sign drawn
+    (`fixed_uniform`'s stand-in: -1 where it is at least 0.5).
+    """
+    vocab, dim = np.shape(params[0])
+    d0 = initial_direction("matrix", first, vocab, dim)
+    params, carried = free_vat_sgd_step(
+        params, x, y, w, first, d0, "matrix", lr, epsilon, weight, "batch"
+    )
+    shared = np.zeros((vocab, 1))
+    shared[np.intersect1d(first, second)] = 1.0
+    sign = 1.0 if fixed_uniform(()) < 0.5 else -1.0
+    expected, _ = free_vat_sgd_step(
+        params,
+        x,
+        y,
+        w,
+        second,
+        carried * shared * sign,
+        "matrix",
+        lr,
+        epsilon,
+        weight,
+        "batch",
+    )
+    return expected

@@ -57,30 +57,8 @@ def test_matrix_two_steps_match_reference(monkeypatch):
         model.fit(x, y, sample_weight=w, batch_size=4, shuffle=False, verbose=0)
 
     fixed_noise.two_steps(model, fit_one, draws, 2)
-    first, second = pool[:2], pool[2:]
-    d0 = vat_reference.initial_direction("matrix", first, VOCAB, DIM)
-    params, carried = vat_reference.free_vat_sgd_step(
-        [E, W, b], x, y, w, first, d0, "matrix", LR, EPSILON, WEIGHT, "batch"
-    )
-    shared = np.zeros((VOCAB, 1))
-    shared[np.intersect1d(first, second)] = 1.0
-    expected, _ = vat_reference.free_vat_sgd_step(
-        params,
-        x,
-        y,
-        w,
-        second,
-        carried * shared * _sign(),
-        "matrix",
-        LR,
-        EPSILON,
-        WEIGHT,
-        "batch",
+    expected = vat_reference.free_vat_matrix_two_steps(
+        [E, W, b], x, y, w, pool[:2], pool[2:], LR, EPSILON, WEIGHT
     )
     for got, want in zip(model.get_weights(), expected):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-
-
-def _sign():
-    """The sign drawn for the carried rows (one for the whole matrix)."""
-    return 1.0 if vat_reference.fixed_uniform(()) < 0.5 else -1.0
