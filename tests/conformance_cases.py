@@ -65,6 +65,12 @@ CASES = {
     "vat-matrix": Case(
         lambda: keras_reg.VAT("emb", epsilon=0.5, xi=1.0, seed=1), perturbing=True
     ),
+    "free-vat": Case(
+        lambda: keras_reg.FreeVAT(
+            "emb", epsilon=0.5, unlabeled=_UNLABELED, unlabeled_batch_size=8, seed=1
+        ),
+        perturbing=True,
+    ),
     "gp-occurrence": Case(lambda: keras_reg.GradientPenalty("emb", weight=1.0)),
     "gp-row": Case(lambda: keras_reg.GradientPenalty("emb", weight=1.0, per="row")),
     "parameter-gp": Case(lambda: keras_reg.ParameterGradientPenalty(0.1)),

@@ -37,3 +37,30 @@ def install(monkeypatch):
     """Patches ``keras.random.normal`` and ``uniform`` for the duration of one test."""
     monkeypatch.setattr(keras.random, "normal", _normal)
     monkeypatch.setattr(keras.random, "uniform", _uniform)
+
+
+class ShiftedDraws:
+    """Patches ``keras.random.randint``: n draws are ``(arange(n) + start) % maxval``.
+
+    The unlabelled examples a step draws are then known; set ``start`` and
+    trace the step again (`two_steps`) to draw others.
+    """
+
+    def __init__(self, monkeypatch):
+        self.start = 0
+        monkeypatch.setattr(keras.random, "randint", self.randint)
+
+    def randint(self, shape, minval, maxval, seed=None, dtype="int32"):
+        return (ops.arange(shape[0], dtype="int32") + self.start) % maxval
+
+
+def two_steps(model, fit_one, draws, shift):
+    """Runs ``fit_one()`` on draw 0, then, the step traced again, on draw ``shift``."""
+    fit_one()
+    draws.start = shift
+    if keras.backend.backend() == "jax":  # jax.jit reuses a trace of the same step
+        import jax
+
+        jax.clear_caches()
+    model.make_train_function(force=True)
+    fit_one()

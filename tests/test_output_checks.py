@@ -96,7 +96,8 @@ def _fit_subclassed(activation, regularizer, epochs=2):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model.fit(_X, _Y, batch_size=8, epochs=epochs, verbose=0)
-    return [str(w.message) for w in caught if "were not probabilities" in str(w.message)]
+    messages = [str(w.message) for w in caught]
+    return [m for m in messages if "were not probabilities" in m]
 
 
 @pytest.mark.parametrize("name", sorted(BATCH_CHECKED))

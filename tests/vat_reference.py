@@ -102,6 +102,12 @@ def fixed_direction(shape):
     return np.cos(np.arange(n) * 1.7 + 0.3).reshape(shape)
 
 
+def fixed_uniform(shape):
+    """The stand-in for a uniform draw in [0, 1] (tests/fixed_noise.py's)."""
+    n = int(np.prod(shape))
+    return (0.5 + 0.5 * np.sin(np.arange(n) * 2.3 + 0.1)).reshape(shape)
+
+
 def initial_direction(site, x, vocab, dim):
     """The d0 keras_reg starts from under the fixed noise, as an array for `site`.
 
@@ -118,3 +124,55 @@ def initial_direction(site, x, vocab, dim):
     for slot, token in enumerate(np.unique(x)):
         d0[token] = slots[slot]
     return d0
+
+
+def free_vat_sgd_step(params, x, y, w, x_u, d, site, lr, epsilon, weight, norm):
+    """One SGD step of FreeVAT given the carried direction ``d`` of ``x_u``.
+
+    Returns ``(parameters after the step, the direction it carries)``: the
+    gradient of KL(p || model at r) with respect to r, at the old parameters.
+    """
+    params = [np.asarray(q, np.float64).copy() for q in params]
+    p = probabilities(params, x_u, site)
+    r = epsilon * normalize(np.asarray(d, np.float64), norm)
+
+    def vat():
+        return kl(p, probabilities(params, x_u, site, r))
+
+    def total():
+        return weight * vat() + cross_entropy(probabilities(params, x, site), y, w)
+
+    carried = numerical_gradient(vat, r)
+    grads = [numerical_gradient(total, q) for q in params]
+    return [q - lr * g for q, g in zip(params, grads)], carried
+
+
+def free_vat_matrix_two_steps(params, x, y, w, first, second, lr, epsilon, weight):
+    """Parameters after two FreeVAT steps on matrix rows (unlabelled draws given).
+
+    Step 1 starts from `initial_direction`; step 2 carries step 1's rows of the
+    tokens both draws share (none for the others), times the one sign drawn
+    (`fixed_uniform`'s stand-in: -1 where it is at least 0.5).
+    """
+    vocab, dim = np.shape(params[0])
+    d0 = initial_direction("matrix", first, vocab, dim)
+    params, carried = free_vat_sgd_step(
+        params, x, y, w, first, d0, "matrix", lr, epsilon, weight, "batch"
+    )
+    shared = np.zeros((vocab, 1))
+    shared[np.intersect1d(first, second)] = 1.0
+    sign = 1.0 if fixed_uniform(()) < 0.5 else -1.0
+    expected, _ = free_vat_sgd_step(
+        params,
+        x,
+        y,
+        w,
+        second,
+        carried * shared * sign,
+        "matrix",
+        lr,
+        epsilon,
+        weight,
+        "batch",
+    )
+    return expected

@@ -121,10 +121,18 @@ class UnlabeledSampler(PicklableSeeds):
         Args:
             step: The `keras_reg.backend.base.Step` in progress.
         """
+        return self.draw_indexed(step)[0]
+
+    def draw_indexed(self, step):
+        """Returns ``(inputs, index)``: `draw`'s inputs and their rows in the arrays.
+
+        ``index`` holds this replica's example indices into the arrays (int32),
+        or is None where the inputs are the ``fit`` batch's or a dataset's.
+        """
         if self.iterator is not None:
-            return next(self.iterator)
+            return next(self.iterator), None
         if self.arrays is None:
-            return step.x
+            return step.x, None
         # One draw for the global batch; each replica keeps its own rows, so
         # the replicas draw distinct examples, as one device would.
         size = self.batch_size
@@ -134,9 +142,10 @@ class UnlabeledSampler(PicklableSeeds):
         index = step.shard(
             keras.random.randint((size,), 0, self.size, seed=seed)
         )
-        return keras.tree.map_structure(
+        inputs = keras.tree.map_structure(
             lambda a: ops.take(a, index, axis=0), self.arrays
         )
+        return inputs, index
 
 
 def _model_inputs(model):

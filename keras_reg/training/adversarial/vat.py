@@ -12,6 +12,7 @@ References:
     from random noise and gradient penalty to VAT). https://kexue.fm/archives/7466
 """
 
+import types
 import warnings
 
 from keras_reg import backend
@@ -261,25 +262,9 @@ class VAT(TrainingRegularizer):
         Args:
             step: The `keras_reg.backend.base.Step` in progress.
         """
-        kind = output_kind(step.model, self.predictions, warn=False)
-        x = self.sampler.draw(step)
-        layer = None
-        if self.embedding_name is not None:
-            layer = find_embedding_layer(step.model, self.embedding_name)
-        site = site_for(step, layer, self.perturb)
-        p = site.predict(x, None)
-        if kind == "probabilities":
-            probability_check.record(step, p, "VAT")
-        # EntMin differentiates through p; the VAT terms hold it constant.
-        # Means over this replica's shard become means over the global batch.
-        entropy_term = (
-            step.global_mean(entropy(p, kind))
-            * schedule.current(step, self.entropy_weight)
-            if self.entropy_weight
-            else 0
-        )
-        p = keras.tree.map_structure(ops.stop_gradient, p)
-        seed = step.seed(self.noise_seed)
+        clean = self.clean_pass(step)
+        kind, x, site, p, seed = clean.kind, clean.x, clean.site, clean.p, clean.seed
+        entropy_term = clean.entropy_term
 
         def draw(shape):
             return keras.random.normal(shape, seed=seed)
@@ -305,6 +290,44 @@ class VAT(TrainingRegularizer):
         r = ops.stop_gradient(normalize(d, self.norm, local) * epsilon)
         vat_loss = step.global_mean(kl_divergence(p, site.predict(x, r), kind))
         return vat_loss, entropy_term
+
+    def clean_pass(self, step):
+        """Draws the unlabelled batch and runs p's pass (shared with `FreeVAT`).
+
+        Returns a namespace: ``kind`` (what the KL compares), ``x`` and
+        ``index`` (the draw, see `UnlabeledSampler.draw_indexed`), ``site``,
+        ``p`` (constant), ``entropy_term`` (differentiable through p) and
+        ``seed`` (of this step's draws).
+        """
+        kind = output_kind(step.model, self.predictions, warn=False)
+        x, index = self.sampler.draw_indexed(step)
+        layer = None
+        if self.embedding_name is not None:
+            layer = find_embedding_layer(step.model, self.embedding_name)
+        site = site_for(step, layer, self.perturb)
+        p = site.predict(x, None)
+        if kind == "probabilities":
+            probability_check.record(step, p, "VAT")
+        return types.SimpleNamespace(
+            kind=kind,
+            x=x,
+            index=index,
+            site=site,
+            entropy_term=self.entropy_term(step, p, kind),
+            p=keras.tree.map_structure(ops.stop_gradient, p),
+            seed=step.seed(self.noise_seed),
+        )
+
+    def entropy_term(self, step, p, kind):
+        """Returns ``entropy_weight`` x the entropy of ``p``, or 0 when that is off.
+
+        EntMin differentiates through ``p``; the VAT terms hold it constant.
+        The mean over this replica's shard becomes the global batch's.
+        """
+        if not self.entropy_weight:
+            return 0
+        weight = schedule.current(step, self.entropy_weight)
+        return step.global_mean(entropy(p, kind)) * weight
 
     def get_config(self):
         """Returns the arguments, without the unlabelled data (never serialised).
