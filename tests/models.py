@@ -6,12 +6,22 @@ Every builder takes ``keras``: the Keras 3 package (the default) or tf_keras.
 """
 
 import numpy as np
+import pytest
 
 from keras_reg._compat import keras as keras3
 
 keras = keras3  # the subclassed model below is a Keras 3 model
 
 VOCAB, DIM, CLASSES, LENGTH = 11, 4, 3, 5
+# The adversaries' closed-form tests: SGD's rate, graph and jit-compiled steps.
+ADVERSARY_LR = 0.5
+JIT = pytest.mark.backends(
+    "tensorflow", "jax", reason="jit_compile=True means torch.compile on torch"
+)
+MODES = [
+    pytest.param({}, id="graph"),
+    pytest.param({"jit_compile": True}, id="jit", marks=JIT),
+]
 FEATURES, HIDDEN = 5, 4
 
 

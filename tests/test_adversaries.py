@@ -8,14 +8,7 @@ from keras_reg._compat import keras
 from tests import adversaries_reference, fgm_reference, models
 
 pytestmark = pytest.mark.backends("tensorflow", "jax", "torch")
-JIT = pytest.mark.backends(
-    "tensorflow", "jax", reason="jit_compile=True means torch.compile on torch"
-)
-MODES = [
-    pytest.param({}, id="graph"),
-    pytest.param({"jit_compile": True}, id="jit", marks=JIT),
-]
-LR = 0.5
+JIT, LR, MODES = models.JIT, models.ADVERSARY_LR, models.MODES
 
 
 def _trained(regularizer, rng, epochs=1, l2=0.0, style="functional", **kwargs):

@@ -46,6 +46,7 @@ def test_every_regulariser_is_exported_with_an_installer():
         "FGM",
         "FreeFGM",
         "FreeLB",
+        "FreeVAT",
         "GradientPenalty",
         "InputGradientPenalty",
         "LossBalancing",

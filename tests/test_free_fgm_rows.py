@@ -6,7 +6,8 @@ import pytest
 import keras_reg
 from keras_reg._compat import keras
 from tests import adversaries_reference, models
-from tests.test_adversaries import LR, MODES
+
+LR, MODES = models.ADVERSARY_LR, models.MODES
 
 pytestmark = pytest.mark.backends("tensorflow", "jax", "torch")
 

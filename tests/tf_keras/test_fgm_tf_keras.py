@@ -14,7 +14,6 @@ if os.environ.get("TF_KERAS") != "1":
     pytest.skip("tf_keras tests run in their own process", allow_module_level=True)
 
 import bert4keras.models  # noqa: E402, F401
-import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 
 import keras_reg  # noqa: E402
@@ -53,36 +52,11 @@ def _tiny_bert():
     return tiny_bert.classifier(tf_keras.optimizers.SGD(LR), metrics=["accuracy"])
 
 
-def _reference_fgm_step(model, x, y, epsilon, lr):
-    """One FGM + SGD step written directly in eager TensorFlow (no keras_reg)."""
-    matrix = model.get_layer("Embedding-Token").embeddings
-    loss_fn = tf_keras.losses.SparseCategoricalCrossentropy()
-
-    def loss_and_gradients(variables):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True)) + tf.add_n(
-                [tf.constant(0.0)] + model.losses
-            )
-        return tape.gradient(loss, variables)
-
-    (g,) = loss_and_gradients([matrix])
-    g = tf.convert_to_tensor(g).numpy().astype(np.float64)
-    delta = (epsilon * g / np.linalg.norm(g)).astype(np.float32)
-    original = matrix.numpy()
-    matrix.assign(original + delta)
-    grads = loss_and_gradients(model.trainable_variables)
-    matrix.assign(original)
-    return [
-        v.numpy() - lr * tf.convert_to_tensor(g).numpy()
-        for v, g in zip(model.trainable_variables, grads)
-    ]
-
-
 def test_bert4keras_step_matches_reference():
     model = _tiny_bert()
     x, y = tiny_bert.batch()
     initial = model.get_weights()
-    expected = _reference_fgm_step(model, x, y, EPSILON, LR)
+    expected = tiny_bert.reference_fgm_step(model, x, y, EPSILON, LR)
     model.set_weights(initial)
     keras_reg.adversarial_training(model, "Embedding-Token", epsilon=EPSILON)
     history = model.fit(x, y, batch_size=len(y), epochs=1, verbose=0).history

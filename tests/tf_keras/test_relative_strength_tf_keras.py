@@ -19,7 +19,6 @@ import tf_keras  # noqa: E402
 import keras_reg  # noqa: E402
 from tests import fgm_reference, models  # noqa: E402
 from tests.tf_keras import tiny_bert  # noqa: E402
-from tests.tf_keras.test_fgm_tf_keras import _reference_fgm_step  # noqa: E402
 
 LR, RATIO = 0.5, 0.3
 
@@ -50,7 +49,7 @@ def test_bert4keras_fgm_relative_matches_reference():
     g = tf.convert_to_tensor(tape.gradient(loss, matrix)).numpy()
     moved = np.square(g).sum(axis=1) > 0
     epsilon = RATIO * np.linalg.norm(matrix.numpy()[moved])
-    expected = _reference_fgm_step(model, x, y, epsilon, LR)
+    expected = tiny_bert.reference_fgm_step(model, x, y, epsilon, LR)
     model.set_weights(initial)
     keras_reg.fgm(model, "Embedding-Token", epsilon=keras_reg.relative(RATIO))
     model.fit(x, y, batch_size=len(y), epochs=1, verbose=0)

@@ -2,6 +2,7 @@
 
 import bert4keras.models
 import numpy as np
+import tensorflow as tf
 import tf_keras
 
 
@@ -39,3 +40,28 @@ def batch(seed=1, repeat=True):
     segments = np.zeros_like(tokens)
     labels = rng.integers(0, 2, size=(4,)).astype("int32")
     return [tokens, segments], labels
+
+
+def reference_fgm_step(model, x, y, epsilon, lr):
+    """One FGM + SGD step written directly in eager TensorFlow (no keras_reg)."""
+    matrix = model.get_layer("Embedding-Token").embeddings
+    loss_fn = tf_keras.losses.SparseCategoricalCrossentropy()
+
+    def loss_and_gradients(variables):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True)) + tf.add_n(
+                [tf.constant(0.0)] + model.losses
+            )
+        return tape.gradient(loss, variables)
+
+    (g,) = loss_and_gradients([matrix])
+    g = tf.convert_to_tensor(g).numpy().astype(np.float64)
+    delta = (epsilon * g / np.linalg.norm(g)).astype(np.float32)
+    original = matrix.numpy()
+    matrix.assign(original + delta)
+    grads = loss_and_gradients(model.trainable_variables)
+    matrix.assign(original)
+    return [
+        v.numpy() - lr * tf.convert_to_tensor(g).numpy()
+        for v, g in zip(model.trainable_variables, grads)
+    ]
