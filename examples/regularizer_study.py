@@ -100,7 +100,8 @@ def main(argv=None):
         start = time.time()
         study.execute(log=lambda line: print(line, flush=True))
         print(f"done in {time.time() - start:.0f} s", flush=True)
-    plot = os.path.join(root, "regularizer_study.png") if args.smoke else PLOT
+    # The committed plot is the default results' one; others stay beside them.
+    plot = PLOT if root == RESULTS else os.path.join(root, "regularizer_study.png")
     text = report.build(study, plot)
     with open(os.path.join(root, "report.md"), "w") as f:
         f.write(text + "\n")

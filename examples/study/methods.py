@@ -59,14 +59,16 @@ def composition_available():
     if "composition" not in _PROBED:
         from keras_reg._compat import keras
 
-        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
-        model.compile(loss="mse", optimizer="sgd")
+        model = keras.Sequential(
+            [keras.Input((2,)), keras.layers.Dense(2, activation="softmax")]
+        )
+        model.compile(loss="sparse_categorical_crossentropy", optimizer="sgd")
         try:
             keras_reg.install_regularizer(
-                model, [keras_reg.RDrop(weight=1.0), keras_reg.SAM(rho=0.05)]
+                model, [keras_reg.NoiseTraining(stddev=0.1), keras_reg.SAM(rho=0.05)]
             )
             _PROBED["composition"] = True
-        except (TypeError, ValueError):
+        except TypeError:  # "not a regulariser instance": a list is not taken
             _PROBED["composition"] = False
     return _PROBED["composition"]
 
@@ -168,7 +170,7 @@ METHODS = {
     # RELATIVE: FGM with a scale-free epsilon, a fraction of the norm of the
     # embedding rows it perturbs (needs keras_reg.relative).
     "FGM (relative epsilon)": Method(
-        "epsilon_fraction",
+        "relative",
         {"digits": (0.01, 0.03, 0.1, 0.3), "sentiment": (0.03, 0.1, 0.3)},
         lambda s, t, k: keras_reg.FGM(EMBEDDING, epsilon=_relative(s)),
         SUPERVISED,
