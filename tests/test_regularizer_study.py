@@ -43,6 +43,7 @@ def test_smoke_run_caches_every_run_and_a_second_run_trains_nothing(tmp_path):
         assert 0.0 <= result["test_accuracy"] <= 1.0
         assert 0.0 <= result["val_accuracy"] <= 1.0
         assert result["seconds_per_epoch"] > 0
+        assert result["cpu_seconds_per_epoch"] > 0
     table = (tmp_path / "report.md").read_text()
     for task in ("digits", "digits-100", "sentiment", "sentiment-200"):
         assert f"### {task}\n" in table
@@ -75,7 +76,8 @@ def _write(root, task, method, strength, seed, val, test, seconds=1.0):
             {
                 "val_accuracy": val,
                 "test_accuracy": test,
-                "seconds_per_epoch": seconds,
+                "seconds_per_epoch": seconds + 1.0,
+                "cpu_seconds_per_epoch": seconds,
                 "description": "fixture",
             },
             f,
@@ -106,7 +108,7 @@ def test_report_picks_on_validation_and_pairs_seeds_with_plain(tmp_path):
     assert "epsilon=1 |" in row  # not at the grid's edge
     assert f"{np.mean([0.93, 0.95, 0.92]):.4f} +- " in row
     assert f"{mean:+.4f} [{mean - half:+.4f}, {mean + half:+.4f}] (3 seeds)" in row
-    assert "2.00 (2.0x)" in row
+    assert "| 2.00 (2.0x) | 3.00 |" in row  # CPU (ratio to plain's), wall
     assert missing == []
     # One seed fewer: the row is incomplete and the report says so.
     os.remove(result_path(tmp_path, "digits", "FGM", 1.0, 2))
