@@ -52,7 +52,7 @@ from study.runner import TASK_ORDER, Study  # noqa: E402
 RESULTS = os.path.join(ROOT, "results", "regularizer_study")
 PLOT = os.path.join(ROOT, "docs", "regularizer_study.png")
 # --smoke: every task, these methods, 2 grid values, 1 seed, 1 epoch.
-SMOKE_METHODS = ("plain", "FGM", "VAT", "FGM + R-Drop")
+SMOKE_METHODS = ("plain", "FGM", "R-Drop", "VAT", "FGM + R-Drop")
 
 
 def main(argv=None):

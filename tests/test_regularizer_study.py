@@ -13,7 +13,7 @@ EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "examples")
 SCRIPT = os.path.join(EXAMPLES, "regularizer_study.py")
 sys.path.insert(0, os.path.abspath(EXAMPLES))
 
-from study import report  # noqa: E402
+from study import methods, report  # noqa: E402
 from study.runner import Study, result_path  # noqa: E402
 
 
@@ -34,9 +34,11 @@ def _smoke(results_dir, *extra):
 def test_smoke_run_caches_every_run_and_a_second_run_trains_nothing(tmp_path):
     output = _smoke(tmp_path)
     files = sorted(glob.glob(str(tmp_path / "*" / "*" / "*" / "seed*.json")))
-    # plain 1 + FGM 2 grid values (seed 0 at the chosen one is a grid run) on
-    # digits and sentiment; plain 1 + VAT 2 on the few-label tasks.
-    assert len(files) == 12, files
+    # plain 1 + FGM 2 grid values (seed 0 at the chosen one is a grid run) +
+    # R-Drop 2 (+ FGM + R-Drop 1 where the library composes) on digits and
+    # sentiment; plain 1 + VAT 2 on the few-label tasks.
+    combination = 1 if methods.composition_available() else 0
+    assert len(files) == 2 * (5 + combination) + 2 * 3, files
     for path in files:
         with open(path) as f:
             result = json.load(f)

@@ -178,6 +178,7 @@ class Study:
             loss="sparse_categorical_crossentropy",
             optimizer=keras.optimizers.Adam(settings["learning_rate"]),
             metrics=["accuracy"],
+            run_eagerly=settings.get("run_eagerly", False),
         )
         if entry.parts:
             regularizer = entry.make_all(strength, task, seed)
