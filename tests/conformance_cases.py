@@ -107,6 +107,7 @@ CASES = {
 }
 NAMES = sorted(CASES)
 PERTURBING = sorted(name for name, case in CASES.items() if case.perturbing)
+TOKEN_CASES = sorted(name for name, case in CASES.items() if case.model == "tokens")
 
 # (case, check, framework name or None for every framework) -> (the defect,
 # the exception it raises).
@@ -194,14 +195,54 @@ def kind(name):
     return KINDS[CASES[name].model]
 
 
-def compiled(framework, name, lr=None, l2=0.0, optimizer=None, **compile_kwargs):
-    """Returns the case's model with its initial weights, compiled with SGD."""
+def compiled(
+    framework, name, lr=None, l2=0.0, optimizer=None, with_loss=True, **compile_kwargs
+):
+    """Returns the case's model with its initial weights, compiled with SGD.
+
+    With ``with_loss=False`` it is compiled without a loss.
+    """
     model_kind = kind(name)
     model = model_kind.build(l2, framework.keras)
     model_kind.initialize(model)
     if optimizer is None:
         optimizer = framework.keras.optimizers.SGD(model_kind.lr if lr is None else lr)
-    model.compile(loss=model_kind.loss, optimizer=optimizer, **compile_kwargs)
+    loss = model_kind.loss if with_loss else None
+    model.compile(loss=loss, optimizer=optimizer, **compile_kwargs)
+    return model
+
+
+def with_unused_layer(framework, name):
+    """The token model whose layer ``emb`` is never called, compiled like the case's.
+
+    Its lookup goes through an embedding called ``lookup``; ``emb`` (and a
+    dense layer ``idle``) are built but never called by the forward pass.
+    """
+    keras = framework.keras
+
+    class UnusedNamedLayers(keras.Model):
+        def __init__(self):
+            super().__init__()
+            embedding = keras.layers.Embedding
+            self.lookup = embedding(models.VOCAB, models.DIM, name="lookup")
+            self.emb = embedding(models.VOCAB, models.DIM, name="emb")
+            self.idle = keras.layers.Dense(models.CLASSES, name="idle")
+            self.pool = keras.layers.GlobalAveragePooling1D()
+            self.out = keras.layers.Dense(
+                models.CLASSES, activation="softmax", name="out"
+            )
+
+        def build(self, input_shape):
+            self.emb.build(input_shape)
+            self.idle.build((None, models.DIM))
+            super().build(input_shape)
+
+        def call(self, x, training=False):
+            return self.out(self.pool(self.lookup(x)))
+
+    model = UnusedNamedLayers()
+    model(np.zeros((1, models.LENGTH), "int32"))
+    model.compile(loss=kind(name).loss, optimizer=keras.optimizers.SGD(0.1))
     return model
 
 

@@ -24,10 +24,12 @@ from tests.conformance_cases import (
     KNOWN_FAILURES,
     NAMES,
     PERTURBING,
+    TOKEN_CASES,
     batch,
     compiled,
     kind,
     trainable,
+    with_unused_layer,
 )
 
 # Mixed precision computes the forward pass in float16/bfloat16 (float32
@@ -112,6 +114,33 @@ def _layer_variables(model):
 
 
 _FLOAT32 = {}  # (framework, case) -> float32 weights after `three_steps`
+
+# The arguments that are radii: the step squares them (a norm compared with
+# others), so a value whose square overflows float32 is refused.
+_RADII = ("epsilon", "rho", "stddev")
+
+
+def _members(regularizer):
+    return list(getattr(regularizer, "regularizers", ())) or [regularizer]
+
+
+def _radii(regularizer):
+    """``[(member, argument)]`` of the numeric radii of ``regularizer``."""
+    return [
+        (member, argument)
+        for member in _members(regularizer)
+        for argument, value in member.get_config().items()
+        if argument in _RADII and isinstance(value, (int, float))
+    ]
+
+
+def _names_emb(regularizer):
+    """Whether ``regularizer`` (or a member) names the layer ``emb``."""
+    return any(
+        "emb" in (config.get("embedding_name"), config.get("shared_layer"))
+        or "emb" in (config.get("layers") or ())
+        for config in (m.get_config() for m in _members(regularizer))
+    )
 
 
 class Checks:
@@ -244,6 +273,57 @@ class Checks:
             np.testing.assert_array_equal(
                 models.numpy(variable), old, err_msg=variable.name
             )
+
+    @over("no-loss")
+    def test_a_model_compiled_without_a_loss_is_refused_or_trains(self, name):
+        """Refused at install with the fix, or trained with finite weights.
+
+        Never a deep error at the first step: VAT's term may be the whole loss
+        (its unlabelled-only set-up); every other term needs the loss.
+        """
+        model = compiled(self.framework, name, lr=0.1, with_loss=False)
+        try:
+            keras_reg.install_regularizer(model, CASES[name].make())
+        except ValueError as error:
+            assert "loss" in str(error) and "ompile" in str(error), error
+            assert keras_reg.installed_regularizer(model) is None
+            return
+        x, y, w = batch(name)
+        before = trainable(model)
+        _fit_one_batch(model, x, y, w)
+        after = trainable(model)
+        assert all(np.isfinite(a).all() for a in after)
+        assert any(np.abs(a - b).max() > 0 for a, b in zip(after, before))
+
+    @over("unused-layer", TOKEN_CASES)
+    def test_a_named_layer_the_forward_pass_never_calls_is_a_clear_error(self, name):
+        """A regulariser naming ``emb``, never called, says so; others train."""
+        model = with_unused_layer(self.framework, name)
+        regularizer = CASES[name].make()
+        x, y, w = batch(name)
+        try:
+            keras_reg.install_regularizer(model, regularizer)
+            _fit_one_batch(model, x, y, w)
+        except ValueError as error:
+            assert "'emb'" in str(error), error
+            assert "did not look anything up" in str(error) or (
+                "was not called" in str(error)
+            ), error
+            return
+        assert not _names_emb(regularizer), f"{regularizer!r} trained without 'emb'"
+        assert all(np.isfinite(a).all() for a in trainable(model))
+
+    @over("huge-strength")
+    @pytest.mark.filterwarnings("ignore:.*unlabeled.*")
+    def test_a_radius_whose_square_overflows_float32_is_refused(self, name):
+        """Every radius of the case, at 1e38, is refused naming it and the bound."""
+        regularizer = CASES[name].make()
+        radii = _radii(regularizer)
+        for owner, argument in radii:
+            config = owner.get_config()
+            config[argument] = 1e38
+            with pytest.raises(ValueError, match=f"`{argument}`.*square"):
+                type(owner).from_config(_arguments(config))
 
     @over("nan-loss-scale")
     def test_nan_batch_is_skipped_by_a_loss_scale_optimizer(self, name):

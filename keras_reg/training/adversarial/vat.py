@@ -194,6 +194,11 @@ class VAT(TrainingRegularizer):
         self.seed = seed
         self.noise_seed = keras.random.SeedGenerator(seed)
 
+    def required_layers(self, model):
+        if self.embedding_name is None:
+            return []
+        return [(find_embedding_layer(model, self.embedding_name), True)]
+
     def validate(self, model):
         output_kind(model, self.predictions)
         layer, vocabulary = None, None

@@ -38,6 +38,7 @@ from keras_reg.training.core.composition import Composition, as_regularizer
 from keras_reg.training.core.layer_calls import check_called, recorded_calls
 from keras_reg.training.core.regularizer import TrainingRegularizer
 from keras_reg.training.core.schedule_check import ScheduleCheck
+from keras_reg.validation import has_loss
 
 _ATTRIBUTES = ("train_step", "compute_loss", "get_metrics_result")
 # Keras's JAX trainer: returns the forward pass's output with the loss.
@@ -245,7 +246,7 @@ class _Installation:
         A model compiled with no loss (the source's VAT set-up: unlabelled data
         and the regulariser's loss only) has nothing for Keras to compute.
         """
-        if getattr(self.model, "loss", None) is None:
+        if not has_loss(self.model):  # tf_keras: an empty loss container
             losses = list(self.model.losses)
             return sum(losses) if losses else 0.0
         with self.backend.quiet_loss_metrics(self.model, keep_per_output=True):

@@ -36,7 +36,7 @@ from keras_reg.training.core.divergence import loss_family, loss_name
 from keras_reg.training.core.embedding import find_embedding_layer
 from keras_reg.training.core.export import export
 from keras_reg.training.core.regularizer import TrainingRegularizer
-from keras_reg.validation import boolean
+from keras_reg.validation import boolean, require_loss
 
 ops = keras.ops
 
@@ -87,6 +87,7 @@ class NoiseTraining(TrainingRegularizer):
         self.generator = keras.random.SeedGenerator(seed)
 
     def validate(self, model):
+        require_loss("NoiseTraining", model)
         if self.embedding_name is not None:
             find_embedding_layer(model, self.embedding_name)
         else:
