@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import keras_reg
-from keras_reg.training.core.probability_check import is_record
 from keras_reg._compat import keras
+from keras_reg.training.core.probability_check import is_record
 from tests import fixed_noise, models, vat_reference
 
 pytestmark = pytest.mark.backends("tensorflow", "jax", "torch")
