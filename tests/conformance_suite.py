@@ -118,6 +118,8 @@ _FLOAT32 = {}  # (framework, case) -> float32 weights after `three_steps`
 # The arguments that are radii: the step squares them (a norm compared with
 # others), so a value whose square overflows float32 is refused.
 _RADII = ("epsilon", "rho", "stddev")
+# Every argument that may be a schedule of the step.
+_STRENGTHS = _RADII + ("weight", "alpha", "gamma", "entropy_weight")
 
 
 def _members(regularizer):
@@ -312,6 +314,47 @@ class Checks:
             return
         assert not _names_emb(regularizer), f"{regularizer!r} trained without 'emb'"
         assert all(np.isfinite(a).all() for a in trainable(model))
+
+    @over("schedule")
+    @pytest.mark.filterwarnings("ignore:.*unlabeled.*")
+    def test_each_strength_as_a_constant_schedule_trains_like_the_number(self, name):
+        """Every strength accepts a schedule; a constant one changes no bit."""
+        regularizer = CASES[name].make()
+        if _members(regularizer) != [regularizer]:
+            pytest.skip("a composition's members are checked as cases of their own")
+        if getattr(regularizer, "balances_tasks", False):
+            pytest.skip("a balancer's gamma is an exponent, not a strength")
+        config = regularizer.get_config()
+        arrays = getattr(getattr(regularizer, "sampler", None), "arrays", None)
+        data = {} if arrays is None else {"unlabeled": arrays}  # never serialised
+        strengths = [
+            argument
+            for argument, value in config.items()
+            if argument in _STRENGTHS
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+        ]
+        assert strengths, f"{regularizer!r} has no strength to schedule"
+        expected = self._three_steps_with(
+            name, type(regularizer).from_config({**_arguments(config), **data})
+        )
+        for argument in strengths:
+            value = float(config[argument])
+            schedule = {argument: lambda step, v=value: v + 0.0 * step}
+            scheduled = type(regularizer).from_config(
+                {**_arguments(config), **data, **schedule}
+            )
+            got = self._three_steps_with(name, scheduled)
+            for a, b in zip(got, expected):
+                np.testing.assert_array_equal(a, b, err_msg=argument)
+
+    def _three_steps_with(self, name, regularizer):
+        model = compiled(self.framework, name)
+        keras_reg.install_regularizer(model, regularizer)
+        x, y, w = batch(name, seed=3, size=12)
+        self.framework.keras.utils.set_random_seed(5)
+        model.fit(x, y, sample_weight=w, batch_size=4, shuffle=False, verbose=0)
+        return trainable(model)
 
     @over("huge-strength")
     @pytest.mark.filterwarnings("ignore:.*unlabeled.*")
