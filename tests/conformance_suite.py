@@ -333,6 +333,7 @@ class Checks:
             if argument in _STRENGTHS
             and isinstance(value, (int, float))
             and not isinstance(value, bool)
+            and value != 0  # 0 leaves the term out; a schedule keeps it, times 0
         ]
         assert strengths, f"{regularizer!r} has no strength to schedule"
         expected = self._three_steps_with(
