@@ -286,12 +286,13 @@ def _on_host(model, states):
 
 def _host_value(variable):
     """A variable's value as a NumPy array, read on the host."""
-    if not isinstance(variable, keras.Variable):
-        return np.asarray(variable.numpy())  # tf_keras: a tf.Variable, maybe mirrored
+    value = variable.value if isinstance(variable, keras.Variable) else variable
+    if type(value).__module__.startswith("tensorflow"):
+        return np.asarray(value.numpy())  # a tf.Variable, maybe a MirroredVariable
     with warnings.catch_warnings():
         # Keras's torch conversion warns about NumPy 2's copy keyword.
         warnings.simplefilter("ignore", DeprecationWarning)
-        return keras.ops.convert_to_numpy(variable.value)
+        return keras.ops.convert_to_numpy(value)
 
 
 def _iterations(model):
