@@ -274,7 +274,9 @@ def _slot_ids(site):
 def _carried_rows(step, slot_ids):
     """Each slot's carried row (zero where the last batch lacked its token)."""
     ids, rows = step.state(_IDS), step.state(_ROWS)
-    ids, rows = ops.convert_to_tensor(ids), ops.convert_to_tensor(rows)
+    # Tensors, not variables (Keras 3.12's searchsorted takes no tf.Variable).
+    ids = ops.stop_gradient(ops.convert_to_tensor(ids))
+    rows = ops.stop_gradient(ops.convert_to_tensor(rows))
     position = ops.minimum(ops.searchsorted(ids, slot_ids), ops.shape(ids)[0] - 1)
     found = ops.logical_and(ops.take(ids, position) == slot_ids, slot_ids < NO_ID)
     carried = ops.take(rows, position, axis=0)
