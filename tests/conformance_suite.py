@@ -318,7 +318,7 @@ class Checks:
     @over("schedule")
     @pytest.mark.filterwarnings("ignore:.*unlabeled.*")
     def test_each_strength_as_a_constant_schedule_trains_like_the_number(self, name):
-        """Every strength accepts a schedule; a constant one changes no bit."""
+        """Every strength accepts a schedule; a constant one trains like the number."""
         regularizer = CASES[name].make()
         if _members(regularizer) != [regularizer]:
             pytest.skip("a composition's members are checked as cases of their own")
@@ -347,7 +347,10 @@ class Checks:
             )
             got = self._three_steps_with(name, scheduled)
             for a, b in zip(got, expected):
-                np.testing.assert_array_equal(a, b, err_msg=argument)
+                # Bit for bit but for XLA's rounding: it folds a Python number
+                # into the computation where a schedule's value arrives at run
+                # time (1 ulp seen on JAX 0.4.30 for PGD's epsilon).
+                np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=argument)
 
     def _three_steps_with(self, name, regularizer):
         model = compiled(self.framework, name)
