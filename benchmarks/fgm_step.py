@@ -4,9 +4,11 @@ Times one training step (``train_on_batch``, Adam) of a BERT-shaped model
 (vocab 21128, hidden 128, 2 layers, batch 32 x 64) in graph mode and under XLA,
 for: the plain step, keras_reg's FGM, and the source's reference approach (the
 dense embedding gradient fetched to the host, ``E + delta`` and ``E - delta``
-written back from NumPy around the plain step). Steps of the three variants are
-interleaved in rounds, so drifts of the machine hit all of them alike; the
-median step time is reported.
+written back from NumPy around the plain step), and FGM's floor
+(`benchmarks/two_pass_floor.py`: a hand-written two-pass FGM step over its own
+plain step, and the plain step plus FGM's first pass alone). Steps of the
+variants are interleaved in rounds, so drifts of the machine hit all of them
+alike; the median step time is reported.
 
 Memory: with a 500,000-row vocabulary, the peak resident memory of a child
 process (sampled every millisecond) during 25 steps after 5 warm-up steps,
@@ -87,8 +89,14 @@ def time_steps(jit_compile, steps, rounds):
         "keras_reg_fgm": _model(jit_compile, regularized=True).train_on_batch,
     }
     if backend == "tensorflow":
+        from benchmarks.two_pass_floor import HandWrittenSteps
+
         source = SourceReferenceFGM(_model(jit_compile))
         variants["source_reference_fgm"] = source.train_on_batch
+        floor = HandWrittenSteps(jit_compile)
+        variants["hand_written_plain"] = floor.plain
+        variants["hand_written_fgm"] = floor.fgm
+        variants["clean_to_lookup"] = floor.clean_to_lookup
     medians = timing.interleaved_medians(variants, x, y, steps, rounds)
     result = {
         "mode": f"{backend} {'jit/XLA' if jit_compile else 'graph/eager'}",
@@ -99,6 +107,15 @@ def time_steps(jit_compile, steps, rounds):
     if "source_reference_fgm" in medians:
         result["source_ms"] = 1e3 * medians["source_reference_fgm"]
         result["source_ratio"] = medians["source_reference_fgm"] / medians["plain"]
+    if "hand_written_fgm" in medians:
+        # The two-pass floor, two ways: a hand-written FGM over its own plain
+        # step, and the plain step plus FGM's first pass alone.
+        result["hand_written_fgm_ratio"] = (
+            medians["hand_written_fgm"] / medians["hand_written_plain"]
+        )
+        result["plain_plus_clean_pass_ratio"] = (
+            1 + medians["clean_to_lookup"] / medians["plain"]
+        )
     return result
 
 

@@ -1,5 +1,6 @@
 """Logits or regression outputs that a divergence would read as probabilities."""
 
+import copy
 import warnings
 
 import numpy as np
@@ -111,3 +112,14 @@ def test_logits_of_a_subclassed_model_read_as_probabilities_warn_once(name):
 def test_probabilities_or_declared_logits_of_a_subclassed_model_are_quiet(name):
     assert _fit_subclassed("softmax", BATCH_CHECKED[name]()) == []
     assert _fit_subclassed(None, BATCH_CHECKED[name](predictions="logits")) == []
+
+
+@pytest.mark.parametrize("name", sorted(BATCH_CHECKED))
+def test_the_warning_is_once_per_installation_not_once_per_regularizer(name):
+    # The memory of having warned belongs to the installation: the same
+    # regulariser (or a copy of it) on a new model warns again.
+    regularizer = BATCH_CHECKED[name]()
+    assert len(_fit_subclassed(None, regularizer)) == 1
+    assert len(_fit_subclassed(None, regularizer)) == 1
+    assert len(_fit_subclassed(None, copy.deepcopy(regularizer))) == 1
+    assert not hasattr(regularizer, "_warned_not_probabilities")

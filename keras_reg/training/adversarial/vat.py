@@ -249,8 +249,10 @@ class VAT(TrainingRegularizer):
         kind = output_kind(model, self.predictions, warn=False)
         return probability_check.carried_state(kind, "VAT")
 
-    def check_states(self, model, states):
-        probability_check.warn_once(self, states, "VAT", model.name, self.predictions)
+    def check_states(self, model, states, warned):
+        probability_check.warn_once(
+            warned, states, "VAT", model.name, self.predictions
+        )
 
     def regularized_loss(self, step):
         vat_loss, entropy_term = self.terms(step)

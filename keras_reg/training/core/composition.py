@@ -266,9 +266,9 @@ class Composition(TrainingRegularizer):
             state.update(member.carried_state(model))
         return state
 
-    def check_states(self, model, states):
+    def check_states(self, model, states, warned):
         for member in self.regularizers:
-            member.check_states(model, states)
+            member.check_states(model, states, warned)
 
     def watched_variables(self, model):
         return _unique(v for m in self.regularizers for v in m.watched_variables(model))

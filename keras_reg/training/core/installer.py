@@ -77,6 +77,9 @@ class _Installation:
             for name, spec in regularizer.carried_state(model).items()
         }
         self.schedule_check = ScheduleCheck(regularizer, lambda: _iterations(model))
+        # What the host checks already warned about (once per installation:
+        # a reinstalled, copied or unpickled regulariser warns again).
+        self.warned = set()
         # Per thread: under tf.distribute.MirroredStrategy each replica traces
         # its step in a thread of its own, on this one installation.
         self._local = threading.local()
@@ -207,6 +210,7 @@ class _Installation:
             self.regularizer.check_states(
                 self.model,
                 {n: _host_value(s.carried) for n, s in self.states.items()},
+                self.warned,
             )
 
     def compute_loss(self, *args, **kwargs):

@@ -76,22 +76,22 @@ def record(step, outputs, who):
     state.assign(ops.maximum(ops.convert_to_tensor(state), ops.cast(flag, "float32")))
 
 
-def warn_once(regularizer, states, who, model_name, predictions):
-    """Warns (once per regulariser) when `record` saw non-probabilities.
+def warn_once(warned, states, who, model_name, predictions):
+    """Warns (once per installation) when `record` saw non-probabilities.
 
     Args:
-        regularizer: The regulariser (remembers that it warned).
+        warned: The installation's set of what was warned about (this
+            record's name is added to it).
         states: ``{name: value}`` of the carried states, read on the host.
         who: The regulariser's name, for the message.
         model_name: The model's name.
         predictions: The user's ``predictions`` argument (None: inferred).
     """
-    value = states.get(state_name(who))
-    if value is None or not np.any(np.asarray(value) > 0):
+    name = state_name(who)
+    value = states.get(name)
+    if value is None or name in warned or not np.any(np.asarray(value) > 0):
         return
-    if getattr(regularizer, "_warned_not_probabilities", False):
-        return
-    regularizer._warned_not_probabilities = True
+    warned.add(name)
     why = (
         "predictions='probabilities'"
         if predictions is not None

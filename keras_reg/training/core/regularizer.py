@@ -99,14 +99,16 @@ class TrainingRegularizer(PicklableSeeds, abc.ABC):
         del model
         return {}
 
-    def check_states(self, model, states):
+    def check_states(self, model, states, warned):
         """Checks, on the host at the end of every epoch, what the step recorded.
 
         Args:
             model: The model being trained.
             states: ``{name: NumPy value}`` of the `carried_state` variables.
+            warned: The installation's set of what was already warned about:
+                add a key to it to warn only once per installation.
         """
-        del model, states
+        del model, states, warned
 
     def watched_variables(self, model):
         """Returns the variables whose clean-loss gradient the step must record."""

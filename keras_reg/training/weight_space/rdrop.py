@@ -73,9 +73,9 @@ class RDrop(TrainingRegularizer):
         kind = output_kind(model, self.predictions, warn=False, who="RDrop")
         return probability_check.carried_state(kind, "RDrop")
 
-    def check_states(self, model, states):
+    def check_states(self, model, states, warned):
         probability_check.warn_once(
-            self, states, "RDrop", model.name, self.predictions
+            warned, states, "RDrop", model.name, self.predictions
         )
 
     def regularized_loss(self, step):
