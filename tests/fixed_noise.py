@@ -34,9 +34,25 @@ def _uniform(shape, minval=0.0, maxval=1.0, *args, **kwargs):
 
 
 def install(monkeypatch):
-    """Patches ``keras.random.normal`` and ``uniform`` for the duration of one test."""
+    """Patches the step's draws and ``keras.random``'s for one test."""
     monkeypatch.setattr(keras.random, "normal", _normal)
     monkeypatch.setattr(keras.random, "uniform", _uniform)
+    from keras_reg.backend import base
+
+    steps = [base.Step]
+    if keras.backend.backend() == "tensorflow":
+        from keras_reg.backend import tensorflow
+
+        steps.append(tensorflow.Step)  # its own draws under XLA
+    for step in steps:
+        monkeypatch.setattr(step, "normal", lambda self, shape, seed: _normal(shape))
+        monkeypatch.setattr(
+            step,
+            "uniform",
+            lambda self, shape, seed, minval=0.0, maxval=1.0: _uniform(
+                shape, minval, maxval
+            ),
+        )
 
 
 class ShiftedDraws:

@@ -681,6 +681,26 @@ class Step(abc.ABC):
         """
         return generator
 
+    def normal(self, shape, seed):
+        """Returns standard normal draws of ``shape`` (float32).
+
+        Args:
+            shape: The shape drawn.
+            seed: What `seed` returned.
+        """
+        return keras.random.normal(shape, seed=seed)
+
+    def uniform(self, shape, seed, minval=0.0, maxval=1.0):
+        """Returns uniform draws in ``[minval, maxval)`` of ``shape`` (float32).
+
+        Args:
+            shape: The shape drawn.
+            seed: What `seed` returned.
+            minval: The interval's lower end.
+            maxval: The interval's upper end (excluded).
+        """
+        return keras.random.uniform(shape, minval=minval, maxval=maxval, seed=seed)
+
     def forward(self, x, training=False, layer=None, transform=None):
         """Returns the model's output on ``x``, optionally transforming a layer's.
 

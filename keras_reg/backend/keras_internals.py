@@ -228,6 +228,24 @@ def scale_loss_for_distribution(loss):
     )(loss)
 
 
+def tf_stateless_seed(seed):
+    """Returns the int32 ``(2,)`` seed Keras 3's TensorFlow ops draw from ``seed``.
+
+    What ``keras.random.normal(shape, seed=seed)`` passes to
+    ``tf.random.stateless_normal`` (Keras 3.12-3.15: ``draw_seed``, which
+    advances a ``SeedGenerator``, then ``_cast_seed``), for a draw that
+    names its own algorithm (see `keras_reg.backend.tensorflow.Step.normal`).
+    No public alternative: ``SeedGenerator.next`` gives the int64 state.
+    """
+    draw = _keras_src(
+        "random.seed_generator", "draw_seed", "to draw a seed as Keras does"
+    )
+    cast = _keras_src(
+        "backend.tensorflow.random", "_cast_seed", "to draw a seed as Keras does"
+    )
+    return cast(draw(seed))
+
+
 def jax_aux_with_output(aux, output):
     """Returns the JAX trainer's forward-pass aux with ``y_pred`` replaced.
 

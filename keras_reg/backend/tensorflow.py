@@ -29,7 +29,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from keras_reg._compat import keras
-from keras_reg.backend import base
+from keras_reg.backend import base, keras_internals
 from keras_reg.backend.interception import transformed_output
 from keras_reg.backend.tracking import (
     attach_metric,
@@ -535,6 +535,33 @@ class Step(base.Step):
 
     def _xla(self):
         return bool(getattr(self.model, "jit_compile", False))
+
+    def normal(self, shape, seed):
+        """`base.Step.normal`; under XLA with the Philox algorithm named.
+
+        ``keras.random.normal`` leaves TensorFlow's algorithm at
+        ``auto_select``, which is Philox in graph mode but under XLA on a CPU
+        took ~95 ms for 32 x 64 x 128 numbers against 7 ms for Philox
+        (TF 2.21): a whole plain step of VAT's time under ``jit_compile``.
+        Graph mode keeps Keras's draw (the same numbers as Philox).
+        """
+        if not self._xla():
+            return super().normal(shape, seed)
+        return tf.random.stateless_normal(
+            shape, seed=keras_internals.tf_stateless_seed(seed), alg="philox"
+        )
+
+    def uniform(self, shape, seed, minval=0.0, maxval=1.0):
+        """`base.Step.uniform`; under XLA with the Philox algorithm (see `normal`)."""
+        if not self._xla():
+            return super().uniform(shape, seed, minval, maxval)
+        return tf.random.stateless_uniform(
+            shape,
+            seed=keras_internals.tf_stateless_seed(seed),
+            minval=minval,
+            maxval=maxval,
+            alg="philox",
+        )
 
     def _perturbed_loss(self, y_pred, x):
         with quiet_loss_metrics(self.model):

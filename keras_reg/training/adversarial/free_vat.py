@@ -165,13 +165,13 @@ class FreeVAT(VAT):
         index = clean.index
 
         def draw(shape):
-            return keras.random.normal(shape, seed=seed)
+            return step.normal(shape, seed)
 
         if self.embedding_name is None:
             carried = ops.take(step.state(_TABLE), index, axis=0)
             fresh = step.draw_per_example(draw, ops.shape(carried))
             flip = step.draw_per_example(
-                lambda shape: keras.random.uniform(shape, seed=seed),
+                lambda shape: step.uniform(shape, seed),
                 _is_zero(carried, per_example=True).shape,
             )
             carried = ops.where(flip < 0.5, carried, -carried)
@@ -179,7 +179,7 @@ class FreeVAT(VAT):
         else:
             slot_ids = _slot_ids(site)
             carried = _carried_rows(step, slot_ids)
-            flip = keras.random.uniform((), seed=seed)
+            flip = step.uniform((), seed)
             carried = ops.where(flip < 0.5, carried, -carried)
             fresh = site.restrict(draw(ops.shape(carried)))
             d = ops.where(_is_zero(carried, per_example=False), fresh, carried)

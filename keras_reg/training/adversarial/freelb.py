@@ -132,9 +132,7 @@ class FreeLB(TrainingRegularizer):
         seed = step.seed(self.generator)
         # Each replica keeps its rows of one global draw: one device's start.
         start = step.draw_per_example(
-            lambda global_shape: keras.random.uniform(
-                global_shape, minval=-1.0, maxval=1.0, seed=seed
-            ),
+            lambda global_shape: step.uniform(global_shape, seed, -1.0, 1.0),
             shape,
         )
         size = 1

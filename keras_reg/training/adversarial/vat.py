@@ -274,7 +274,7 @@ class VAT(TrainingRegularizer):
         entropy_term = clean.entropy_term
 
         def draw(shape):
-            return keras.random.normal(shape, seed=seed)
+            return step.normal(shape, seed)
 
         # A per-example perturbation holds this replica's rows of the global
         # batch's (drawn and normalised over it); a matrix one is global.

@@ -140,7 +140,7 @@ class NoiseTraining(TrainingRegularizer):
             step, self.stddev, lambda: relative.root_mean_square(step, [value])
         )
         noise = step.draw_per_example(
-            lambda shape: keras.random.normal(shape, seed=seed) * stddev,
+            lambda shape: step.normal(shape, seed) * stddev,
             ops.shape(value),
         )
         return value + ops.cast(noise, value.dtype)
