@@ -117,3 +117,22 @@ def test_report_picks_on_validation_and_pairs_seeds_with_plain(tmp_path):
     assert report.task_table(study, "digits")[2] == ["FGM"]
     text = report.build(study, str(tmp_path / "plot.png"))
     assert "Partial results" in text
+
+
+def test_transfer_table_compares_each_shared_strength_with_plain(tmp_path):
+    methods = ["plain", "FGM", "FGM (relative epsilon)"]
+    study = Study(str(tmp_path), tasks=["digits", "sentiment"], methods=methods)
+    _write(tmp_path, "digits", "plain", None, 0, 0.90, 0.0)
+    _write(tmp_path, "sentiment", "plain", None, 0, 0.75, 0.0)
+    _write(tmp_path, "digits", "FGM", 1.0, 0, 0.93, 0.0)
+    _write(tmp_path, "sentiment", "FGM", 1.0, 0, 0.70, 0.0)
+    _write(tmp_path, "digits", "FGM (relative epsilon)", 0.1, 0, 0.92, 0.0)
+    lines = report.transfer_table(study)
+    # epsilon=1 is in both grids: +3.0 points on digits, -5.0 on sentiment.
+    assert "| FGM | epsilon=1 | +3.0 | -5.0 |" in lines
+    # 0.1 in both relative grids; sentiment's run is not cached yet.
+    assert "| FGM (relative epsilon) | relative=0.1 | +2.0 | - |" in lines
+    # epsilon=0.1 is only in digits' grid: no row.
+    assert not any("epsilon=0.1 |" in line for line in lines if "| FGM |" in line)
+    os.remove(result_path(tmp_path, "sentiment", "plain", None, 0))
+    assert report.transfer_table(study) == []  # no plain run: no comparison
