@@ -136,3 +136,20 @@ def test_transfer_table_compares_each_shared_strength_with_plain(tmp_path):
     assert not any("epsilon=0.1 |" in line for line in lines if "| FGM |" in line)
     os.remove(result_path(tmp_path, "sentiment", "plain", None, 0))
     assert report.transfer_table(study) == []  # no plain run: no comparison
+
+
+def test_summary_table_has_plain_accuracy_and_differences_in_points(tmp_path):
+    study = Study(str(tmp_path), seeds=3, tasks=["digits"], methods=["plain", "FGM"])
+    for seed, test in enumerate([0.90, 0.92, 0.91]):
+        _write(tmp_path, "digits", "plain", None, seed, 0.9, test, seconds=1.0)
+    for value in (0.1, 0.3, 3.0):
+        _write(tmp_path, "digits", "FGM", value, 0, 0.80, 0.0)
+    _write(tmp_path, "digits", "FGM", 1.0, 0, 0.95, 0.93, seconds=2.0)
+    _write(tmp_path, "digits", "FGM", 1.0, 1, 0.95, 0.95, seconds=2.0)
+    assert report.summary_table(study)[2:] == [
+        "| plain | 0.910 |",
+        "| FGM | not run yet |",
+    ]
+    _write(tmp_path, "digits", "FGM", 1.0, 2, 0.95, 0.94, seconds=2.0)
+    # Differences 0.03, 0.03, 0.03: the interval is the point, above 0 (bold).
+    assert report.summary_table(study)[3] == "| FGM | **+3.0 [+3.0, +3.0]** (2.0x) |"
