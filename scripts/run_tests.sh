@@ -83,10 +83,10 @@ oldest_suite() {  # oldest_suite NAME [pytest args]
   case $name in
     oldest-tensorflow|oldest-jax)
       run "$name" KERAS_BACKEND=${name#oldest-} PYTHONPATH="$PWD" "$python" \
-        -m pytest -q -p no:cacheprovider "${oldest_keras3_files[@]}" "$@" ;;
+        -m pytest -q -p no:cacheprovider $DURATIONS "${oldest_keras3_files[@]}" "$@" ;;
     oldest-tf_keras)
       run "$name" TF_KERAS=1 TF_USE_LEGACY_KERAS=1 PYTHONPATH="$PWD" "$python" \
-        -m pytest -q -p no:cacheprovider tests/tf_keras "$@" ;;
+        -m pytest -q -p no:cacheprovider $DURATIONS tests/tf_keras "$@" ;;
   esac
 }
 oldest_lane() {  # runs the oldest suites no other lane has claimed yet
@@ -97,10 +97,13 @@ oldest_lane() {  # runs the oldest suites no other lane has claimed yet
     mkdir "$logs/claim-$name" 2>/dev/null && oldest_suite "$name" "$@"
   done
 }
+# The slowest tests of each large suite are listed in its log (where to look
+# when the test command's time grows).
+DURATIONS=--durations=15
 keras3() {  # keras3 BACKEND [pytest args]
   local backend=$1; shift
   run "keras3-$backend" KERAS_BACKEND=$backend \
-    python -m pytest -q -p no:cacheprovider tests --ignore=tests/tf_keras \
+    python -m pytest -q -p no:cacheprovider $DURATIONS tests --ignore=tests/tf_keras \
     --ignore=tests/docs "$@"
 }
 (
@@ -111,7 +114,7 @@ keras3() {  # keras3 BACKEND [pytest args]
 (
   keras3 jax "$@"
   run "tf_keras" TF_KERAS=1 TF_USE_LEGACY_KERAS=1 \
-    python -m pytest -q -p no:cacheprovider tests/tf_keras "$@"
+    python -m pytest -q -p no:cacheprovider $DURATIONS tests/tf_keras "$@"
   # The documentation: the site builds with no warning (links, references,
   # docstrings), every public object has a page, every guide example runs.
   # (No --quiet: mkdocs then drops the warnings that --strict counts.)
