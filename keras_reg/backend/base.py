@@ -35,14 +35,17 @@ Composites (concrete, over the primitives) and their overrides:
     ------------------------  ------------------------  ----------------------------
     loss_gradient             loss_gradients,           JAX (counts reads: unused
                               global_sum                variable error; sharding)
+    matrix_gradient,          loss_gradient,            JAX, torch (a plain lookup:
+    matrix_loss_gradients     value_and_gradient,       d loss / d its output,
+                              loss_gradients            summed per id: SparseRows)
     penalty_gradients         loss_gradients, unscaled  -
     loss_with_perturbation    training_loss             _plain_lookup / _rows (TF,
                                                         JAX, torch: E[ids] + d[ids])
     loss_plus_gradient_norm   penalty_gradients,        JAX (forward over reverse)
                               loss_plus
     gradient_of               value_and_gradient        -
-    scale_to_norm,            keras.ops                 TF (sparse rows, IndexedSlices)
-    clip_to_norm, dense,
+    scale_to_norm,            keras.ops (SparseRows     TF (sparse rows, IndexedSlices)
+    clip_to_norm, dense,      too: backend/rows.py)
     add_perturbations,
     squared_norm, linear_loss
     clean_loss, clean_output, the trainer's loss        JAX (the recomputed clean
@@ -449,8 +452,8 @@ class Step(abc.ABC):
         One more training-mode pass (`training_loss`) with ``layer``'s
         ``variable`` perturbed, leaving the variable as it was, bit for bit.
         The returned loss is differentiable with respect to every trainable
-        weight, at the perturbed point; ``perturbation`` is a constant (on
-        TensorFlow, the sparse rows of `scale_to_norm` where it gave them).
+        weight, at the perturbed point; ``perturbation`` is a constant (the
+        `SparseRows` of `scale_to_norm` where it gave them).
 
         Where the layer is a plain lookup whose matrix nothing else reads
         (`_plain_lookup`), the layer's output ``E[ids]`` becomes
