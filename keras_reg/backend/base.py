@@ -110,6 +110,27 @@ def finite_or_zero(step, gradients):
     return [masked(g) for g in gradients]
 
 
+def _scaled(gradient, epsilon):
+    """``epsilon * gradient / ||gradient||``, dense (see `Step.scale_to_norm`)."""
+    ops = keras.ops
+    # In float32: squaring a float16 gradient of the scaled loss overflows.
+    gradient = ops.cast(gradient, "float32")
+    norm = ops.sqrt(ops.sum(ops.square(gradient)))
+    usable = ops.logical_and(ops.isfinite(norm), norm > 0)
+    scale = ops.divide_no_nan(ops.cast(epsilon, gradient.dtype), norm)
+    return ops.where(usable, gradient * scale, ops.zeros_like(gradient))
+
+
+def _clipped(perturbation, epsilon):
+    """A dense tensor projected onto ``||r|| <= epsilon`` (see `Step.clip_to_norm`)."""
+    ops = keras.ops
+    peak = ops.max(ops.abs(perturbation))
+    norm = peak * ops.sqrt(ops.sum(ops.square(ops.divide_no_nan(perturbation, peak))))
+    epsilon = ops.cast(epsilon, perturbation.dtype)
+    scale = ops.where(norm > epsilon, ops.divide_no_nan(epsilon, norm), 1.0)
+    return perturbation * ops.cast(scale, perturbation.dtype)
+
+
 _UNUSED = (
     "The training loss does not depend on variable {name!r}: is the layer used "
     "by the model's forward pass?"
@@ -434,17 +455,9 @@ class Step(abc.ABC):
         are summed already, and stay `SparseRows`). A zero or non-finite norm
         (a NaN loss) gives no perturbation at all.
         """
-        ops = keras.ops
-        if sparse_rows.is_rows(gradient):
-            return sparse_rows.map_values(
-                lambda values: self.scale_to_norm(values, epsilon), gradient
-            )
-        # In float32: squaring a float16 gradient of the scaled loss overflows.
-        gradient = ops.cast(ops.convert_to_tensor(self.dense(gradient)), "float32")
-        norm = ops.sqrt(ops.sum(ops.square(gradient)))
-        usable = ops.logical_and(ops.isfinite(norm), norm > 0)
-        scale = ops.divide_no_nan(ops.cast(epsilon, gradient.dtype), norm)
-        return ops.where(usable, gradient * scale, ops.zeros_like(gradient))
+        if not sparse_rows.is_rows(gradient):
+            gradient = keras.ops.convert_to_tensor(self.dense(gradient))
+        return sparse_rows.map_values(lambda g: _scaled(g, epsilon), gradient)
 
     def loss_with_perturbation(self, layer, variable, perturbation, keep_updates=True):
         """Returns the training loss of the batch with ``variable + perturbation``.
@@ -614,18 +627,7 @@ class Step(abc.ABC):
         taken of the tensor divided by its largest entry, so a perturbation
         whose squares overflow (a huge ascent step) is still projected.
         """
-        ops = keras.ops
-        if sparse_rows.is_rows(perturbation):
-            return sparse_rows.map_values(
-                lambda values: self.clip_to_norm(values, epsilon), perturbation
-            )
-        peak = ops.max(ops.abs(perturbation))
-        norm = peak * ops.sqrt(
-            ops.sum(ops.square(ops.divide_no_nan(perturbation, peak)))
-        )
-        epsilon = ops.cast(epsilon, perturbation.dtype)
-        scale = ops.where(norm > epsilon, ops.divide_no_nan(epsilon, norm), 1.0)
-        return perturbation * ops.cast(scale, perturbation.dtype)
+        return sparse_rows.map_values(lambda r: _clipped(r, epsilon), perturbation)
 
     def iteration(self):
         """Returns the optimizer's iteration count (0 at the first step), float32."""
