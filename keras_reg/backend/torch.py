@@ -7,7 +7,10 @@ clean loss with respect to the embedding is taken from it with
 ``torch.autograd.grad(..., retain_graph=True)``: it never touches any
 ``.grad``, and the graph stays usable for the step's own backward pass (which
 ``add_clean_loss=True`` needs). A frozen watched variable is made
-differentiable for the duration of the step, like a tape's ``watch``.
+differentiable for the duration of the step, like a tape's ``watch``. For a
+plain lookup layer the gradient is taken with respect to its recorded lookup
+outputs instead (one row per token occurrence, summed per id by
+`Step.matrix_gradient`): PyTorch's gradient of the matrix itself is dense.
 
 Perturbed passes substitute values (see `keras_reg.backend.stateless`); the
 optimizer then receives in ``.grad`` only the gradients of the loss the
