@@ -67,7 +67,9 @@ def summed(ids, values, capacity=None):
             [ops.reshape(ops.cast(v, "float32"), (-1, dim)) for v in values], axis=0
         )
     flat = ops.reshape(ops.cast(ids, "int32"), (-1,))
-    values = ops.reshape(ops.cast(values, "float32"), (-1, values.shape[-1]))
+    if len(values.shape) != 2:  # (a gathered tf.IndexedSlices' dim may be unknown)
+        values = ops.reshape(values, (-1, values.shape[-1]))
+    values = ops.cast(values, "float32")
     capacity = int(flat.shape[0]) if capacity is None else capacity
     order, segment, valid, rows = _grouped(flat, capacity)
     sums = ops.segment_sum(ops.take(values, order, axis=0), segment, capacity)
