@@ -8,10 +8,13 @@ before JAX starts)::
 Trains a bag-of-embeddings classifier with FGM for 3 SGD steps twice: on one
 device, and under `keras.distribution.ModelParallel` with a layout map that
 splits the embedding matrix's vocabulary axis over the 2 host CPU devices.
-Records, from inside the compiled step, the sharding the compiler gave the
-FGM perturbation (`jax.debug.inspect_array_sharding`). Prints one JSON
-object: the largest weight difference, the matrix's and the perturbation's
-shape, and the shape of the largest piece of each that one device holds.
+With an ``embeddings_regularizer`` (the matrix's gradient, hence FGM's
+perturbation, is dense) it records, from inside the compiled step, the
+sharding the compiler gave the perturbation (`jax.debug.inspect_array_sharding`);
+without one (a plain lookup) the perturbation is `SparseRows`, and it records
+their shape. Prints one JSON object: the largest weight difference, the
+matrix's and the perturbation's shape, the shape of the largest piece of each
+that one device holds, and the shapes of the rows.
 """
 
 import json
@@ -21,11 +24,15 @@ import sys
 import numpy as np
 
 VOCAB, DIM, CLASSES, LENGTH, BATCH, STEPS = 16, 4, 3, 5, 8, 3
+L2 = 1e-3  # the embeddings regularizer that makes the matrix gradient dense
 
 
-def _model(keras):
+def _model(keras, l2):
     inputs = keras.Input((LENGTH,), dtype="int32")
-    h = keras.layers.Embedding(VOCAB, DIM, name="emb")(inputs)
+    regularizer = keras.regularizers.L2(l2) if l2 else None
+    h = keras.layers.Embedding(
+        VOCAB, DIM, name="emb", embeddings_regularizer=regularizer
+    )(inputs)
     h = keras.layers.GlobalAveragePooling1D()(h)
     outputs = keras.layers.Dense(CLASSES, activation="softmax", name="out")(h)
     model = keras.Model(inputs, outputs)
@@ -38,8 +45,8 @@ def _model(keras):
     return model
 
 
-def _train(keras, keras_reg, data):
-    model = _model(keras)
+def _train(keras, keras_reg, data, l2):
+    model = _model(keras, l2)
     keras_reg.adversarial_training(model, "emb", epsilon=0.7)
     x, y = data
     model.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0)
@@ -54,16 +61,19 @@ def main():
 
     import keras_reg
     from keras_reg._compat import keras
-    from keras_reg.backend import stateless
+    from keras_reg.backend import rows, stateless
 
-    seen = []
+    seen, seen_rows = [], []
     scale_to_norm = stateless.Step.scale_to_norm
 
     def recording(self, gradient, epsilon):
         delta = scale_to_norm(self, gradient, epsilon)
-        jax.debug.inspect_array_sharding(
-            delta, callback=lambda sharding: seen.append(sharding)
-        )
+        if rows.is_rows(delta):
+            seen_rows.append(tuple(delta.values.shape))
+        else:
+            jax.debug.inspect_array_sharding(
+                delta, callback=lambda sharding: seen.append(sharding)
+            )
         return delta
 
     stateless.Step.scale_to_norm = recording
@@ -73,9 +83,11 @@ def main():
         rng.integers(0, VOCAB, size=(BATCH * STEPS, LENGTH)).astype("int32"),
         rng.integers(0, CLASSES, size=(BATCH * STEPS,)).astype("int32"),
     )
-    one = _train(keras, keras_reg, data)
+    one = _train(keras, keras_reg, data, L2)
+    one_rows = _train(keras, keras_reg, data, 0.0)
     unsharded = list(seen)
     seen.clear()
+    seen_rows.clear()
 
     devices = jax.devices("cpu")
     mesh = keras.distribution.DeviceMesh((1, 2), ["batch", "model"], devices)
@@ -85,14 +97,17 @@ def main():
         layout_map=layout_map, batch_dim_name="batch"
     )
     with distribution.scope():
-        two = _train(keras, keras_reg, data)
+        two = _train(keras, keras_reg, data, L2)
+        two_rows = _train(keras, keras_reg, data, 0.0)
     matrix = two.get_layer("emb").embeddings.value
     shape = tuple(matrix.shape)
     result = {
         "difference": max(
             float(np.max(np.abs(keras.ops.convert_to_numpy(a) - np.asarray(b))))
-            for a, b in zip(one.trainable_weights, two.trainable_weights)
+            for pair in ((one, two), (one_rows, two_rows))
+            for a, b in zip(pair[0].trainable_weights, pair[1].trainable_weights)
         ),
+        "rows_shapes": seen_rows,
         "matrix_shape": shape,
         "matrix_piece": tuple(matrix.sharding.shard_shape(shape)),
         "matrix_devices": len(matrix.sharding.device_set),

@@ -91,10 +91,18 @@ def test_two_workers_train_like_one_device():
 
 @pytest.mark.backends("jax")
 def test_fgm_on_an_embedding_sharded_over_two_devices():
-    """ModelParallel: the matrix's rows split over 2 devices; FGM's direction too."""
+    """ModelParallel: the matrix's rows split over 2 devices; FGM's direction too.
+
+    A dense direction (an embeddings_regularizer reads the matrix) is split
+    like the matrix; a plain lookup's is the batch's rows (`SparseRows`).
+    """
     result, output = sharded_embedding_check.run()
     assert result is not None, output
     assert result["difference"] < REPLICA_TOLERANCE  # equals the unsharded run
+    batch_tokens = sharded_embedding_check.BATCH * sharded_embedding_check.LENGTH
+    assert result["rows_shapes"]
+    for shape in result["rows_shapes"]:
+        assert shape == [batch_tokens, sharded_embedding_check.DIM]
     vocabulary, dim = result["matrix_shape"]
     assert result["matrix_piece"] == [vocabulary // 2, dim]
     assert result["unsharded_perturbation_piece"] == [[vocabulary, dim]]

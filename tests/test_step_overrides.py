@@ -3,9 +3,10 @@
 `keras_reg.backend.base.Step` writes every composite once, over the
 framework primitives; a backend overrides one only where speed needs it
 (sparse rows on TensorFlow, the recomputed clean pass on JAX, a plain lookup
-perturbed through its output). Here each override present on the running
-backend is replaced by the generic method and two training steps must end at
-the same weights (float tolerance), for the regularisers that use it.
+perturbed through its output, its gradient taken as rows on JAX and PyTorch).
+Here each override present on the running backend is replaced by the generic
+method and two training steps must end at the same weights (float tolerance),
+for the regularisers that use it.
 """
 
 import numpy as np
@@ -54,6 +55,10 @@ GROUPS = {
     "recorded_outputs": (("lookup_outputs",), ("freelb_relative",)),
     "plain_lookup": (("_plain_lookup",), ("pgd", "free_fgm")),
     "loss_gradient": (("loss_gradient",), ("fgm",)),
+    "lookup_rows": (
+        ("matrix_gradient", "matrix_loss_gradients"),
+        ("fgm", "pgd", "fgm_relative"),
+    ),
     "gradient_norm": (("loss_plus_gradient_norm",), ("parameter_penalty",)),
     "recomputed_clean_pass": (
         ("loss_plus", "clean_loss", "clean_output"),

@@ -4,13 +4,14 @@
 ``torch`` or ``tf_keras``); each offers the same names:
 
 - ``step_scope(model, variables, step_args=(), layers=(), inputs=False,
-  several=False)``: a context manager entered around one training step,
-  returning a recorder (never None) that the step's `Step` uses to take
+  several=False, lookups=())``: a context manager entered around one training
+  step, returning a recorder (never None) that the step's `Step` uses to take
   gradients of the loss w.r.t. ``variables`` (the regulariser's watched
   variables), the outputs of ``layers`` and, with ``inputs``, the batch's
   float inputs; ``step_args`` are the positional arguments of ``train_step``
   (the JAX state and batch); ``several``: several regularisers (a
-  composition) read the recorder.
+  composition) read the recorder; ``lookups``: the required lookup layers,
+  whose matrix gradient may be taken as rows (PyTorch records their ids).
 - ``Step``: a `keras_reg.backend.base.Step` with the framework's autodiff,
   sparse handling and perturbation (in place on TensorFlow, by substituting
   values on JAX and PyTorch: see ``stateless.py``).

@@ -35,14 +35,17 @@ Composites (concrete, over the primitives) and their overrides:
     ------------------------  ------------------------  ----------------------------
     loss_gradient             loss_gradients,           JAX (counts reads: unused
                               global_sum                variable error; sharding)
+    matrix_gradient,          loss_gradient,            JAX, torch (a plain lookup:
+    matrix_loss_gradients     value_and_gradient,       d loss / d its output,
+                              loss_gradients            summed per id: SparseRows)
     penalty_gradients         loss_gradients, unscaled  -
     loss_with_perturbation    training_loss             _plain_lookup / _rows (TF,
                                                         JAX, torch: E[ids] + d[ids])
     loss_plus_gradient_norm   penalty_gradients,        JAX (forward over reverse)
                               loss_plus
     gradient_of               value_and_gradient        -
-    scale_to_norm,            keras.ops                 TF (sparse rows, IndexedSlices)
-    clip_to_norm, dense,
+    scale_to_norm,            keras.ops (SparseRows     TF (sparse rows, IndexedSlices)
+    clip_to_norm, dense,      too: backend/rows.py)
     add_perturbations,
     squared_norm, linear_loss
     clean_loss, clean_output, the trainer's loss        JAX (the recomputed clean
@@ -61,6 +64,7 @@ second pass) live with them in `keras_reg.training`.
 import abc
 
 from keras_reg._compat import keras
+from keras_reg.backend import rows as sparse_rows
 from keras_reg.backend.interception import transformed_output
 
 NO_LOOKUP = (
@@ -104,6 +108,27 @@ def finite_or_zero(step, gradients):
         return ops.where(usable, gradient, ops.zeros_like(gradient))
 
     return [masked(g) for g in gradients]
+
+
+def _scaled(gradient, epsilon):
+    """``epsilon * gradient / ||gradient||``, dense (see `Step.scale_to_norm`)."""
+    ops = keras.ops
+    # In float32: squaring a float16 gradient of the scaled loss overflows.
+    gradient = ops.cast(gradient, "float32")
+    norm = ops.sqrt(ops.sum(ops.square(gradient)))
+    usable = ops.logical_and(ops.isfinite(norm), norm > 0)
+    scale = ops.divide_no_nan(ops.cast(epsilon, gradient.dtype), norm)
+    return ops.where(usable, gradient * scale, ops.zeros_like(gradient))
+
+
+def _clipped(perturbation, epsilon):
+    """A dense tensor projected onto ``||r|| <= epsilon`` (see `Step.clip_to_norm`)."""
+    ops = keras.ops
+    peak = ops.max(ops.abs(perturbation))
+    norm = peak * ops.sqrt(ops.sum(ops.square(ops.divide_no_nan(perturbation, peak))))
+    epsilon = ops.cast(epsilon, perturbation.dtype)
+    scale = ops.where(norm > epsilon, ops.divide_no_nan(epsilon, norm), 1.0)
+    return perturbation * ops.cast(scale, perturbation.dtype)
 
 
 _UNUSED = (
@@ -331,6 +356,63 @@ class Step(abc.ABC):
             self._loss_gradient[key] = self.global_sum(gradient)
         return self._loss_gradient[key]
 
+    def matrix_gradient(self, layer, variable, perturbation=None):
+        """Returns d (scaled loss) / dE of the global batch, E an embedding matrix.
+
+        Without ``perturbation``, the step's clean pass (`loss_gradient`);
+        with one, one more training pass at ``E + perturbation``
+        (`loss_with_perturbation`, keeping no non-trainable updates) that only
+        E is differentiated in: PGD's ascent. A constant, for a direction
+        (invariant to the loss scale).
+
+        Sparse where the framework is: a `tf.IndexedSlices` on TensorFlow; on
+        JAX and PyTorch, where ``layer`` is a plain lookup (`_plain_lookup`),
+        the gradient with respect to the lookup's output (one row per token
+        occurrence, the same backward pass) summed per id into `SparseRows`
+        (static shapes: the distinct ids ascending, then zero padding rows):
+        the dense gradient's non-zero rows, without a ``vocabulary x dim``
+        tensor. `scale_to_norm`, `add_perturbations`, `clip_to_norm`,
+        `loss_with_perturbation` and `linear_loss` take that form.
+
+        Args:
+            layer: The embedding layer owning ``variable``.
+            variable: Its matrix, a variable the regulariser declared as
+                watched.
+            perturbation: None, or a constant shaped like ``variable`` (or a
+                result of `scale_to_norm` / `clip_to_norm`).
+        """
+        if perturbation is None:
+            return self.loss_gradient(variable)
+
+        def objective(_):
+            loss = self.loss_with_perturbation(
+                layer, variable, perturbation, keep_updates=False
+            )
+            return self.scale_loss(loss), None
+
+        _, (gradient,) = self.value_and_gradient(objective, [variable])
+        if gradient is None:
+            return keras.ops.zeros_like(variable.value)
+        # The replicas' shares summed: the global batch's gradient.
+        return self.global_sum(gradient)
+
+    def matrix_loss_gradients(self, layer, variable, variables):
+        """Returns `loss_gradients` (constant), the matrix's as `matrix_gradient`'s.
+
+        Each replica's share of d (scaled clean loss) / d v, all in one
+        backward pass, the gradient of ``variable`` (an embedding matrix in
+        ``variables``) as rows where the backend takes it so (`SparseRows`
+        on JAX and PyTorch for a plain lookup): for a clean term that
+        `linear_loss` adds, and a direction taken from the same pass.
+
+        Args:
+            layer: The embedding layer owning ``variable``.
+            variable: Its matrix, one of ``variables``.
+            variables: Variables the regulariser declared as watched.
+        """
+        del layer, variable
+        return self.loss_gradients(variables)
+
     def penalty_gradients(self, variables):
         """Returns dL/dv of the global batch for each variable, differentiable.
 
@@ -351,9 +433,13 @@ class Step(abc.ABC):
         The generic composites take dense gradients: a backend whose
         gradients are sparse (TensorFlow's `tf.IndexedSlices`) densifies here,
         and overrides the composites where the sparse form is faster.
+        `SparseRows` (see `matrix_gradient`) are scattered into a matrix
+        shaped like ``variable``.
         """
         if gradient is None:
             return keras.ops.zeros_like(variable.value)
+        if sparse_rows.is_rows(gradient):
+            return sparse_rows.densified(gradient, tuple(variable.shape))
         return gradient
 
     @abc.abstractmethod
@@ -365,16 +451,13 @@ class Step(abc.ABC):
 
         The norm is taken over the whole tensor. For a sparse gradient, repeated
         rows are summed first, so the result equals the dense computation (the
-        TensorFlow backend's override). A zero or non-finite norm (a NaN loss)
-        gives no perturbation at all.
+        TensorFlow backend's override for a `tf.IndexedSlices`; `SparseRows`
+        are summed already, and stay `SparseRows`). A zero or non-finite norm
+        (a NaN loss) gives no perturbation at all.
         """
-        ops = keras.ops
-        # In float32: squaring a float16 gradient of the scaled loss overflows.
-        gradient = ops.cast(ops.convert_to_tensor(self.dense(gradient)), "float32")
-        norm = ops.sqrt(ops.sum(ops.square(gradient)))
-        usable = ops.logical_and(ops.isfinite(norm), norm > 0)
-        scale = ops.divide_no_nan(ops.cast(epsilon, gradient.dtype), norm)
-        return ops.where(usable, gradient * scale, ops.zeros_like(gradient))
+        if not sparse_rows.is_rows(gradient):
+            gradient = keras.ops.convert_to_tensor(self.dense(gradient))
+        return sparse_rows.map_values(lambda g: _scaled(g, epsilon), gradient)
 
     def loss_with_perturbation(self, layer, variable, perturbation, keep_updates=True):
         """Returns the training loss of the batch with ``variable + perturbation``.
@@ -382,8 +465,8 @@ class Step(abc.ABC):
         One more training-mode pass (`training_loss`) with ``layer``'s
         ``variable`` perturbed, leaving the variable as it was, bit for bit.
         The returned loss is differentiable with respect to every trainable
-        weight, at the perturbed point; ``perturbation`` is a constant (on
-        TensorFlow, the sparse rows of `scale_to_norm` where it gave them).
+        weight, at the perturbed point; ``perturbation`` is a constant (the
+        `SparseRows` of `scale_to_norm` where it gave them).
 
         Where the layer is a plain lookup whose matrix nothing else reads
         (`_plain_lookup`), the layer's output ``E[ids]`` becomes
@@ -418,7 +501,7 @@ class Step(abc.ABC):
 
     def _rows(self, perturbation, ids):
         """The rows of a perturbation matrix at ``ids`` (see `scale_to_norm`)."""
-        return keras.ops.take(perturbation, keras.ops.cast(ids, "int32"), axis=0)
+        return sparse_rows.lookup(perturbation, ids)
 
     @abc.abstractmethod
     def output_gradients(self, layer, of=None):
@@ -514,12 +597,26 @@ class Step(abc.ABC):
 
     def _inner_product(self, gradient, variable):
         ops = keras.ops
+        if sparse_rows.is_rows(gradient):
+            rows = sparse_rows.matrix_rows(variable.value, gradient.rows)
+            values = ops.stop_gradient(ops.cast(gradient.values, "float32"))
+            return ops.sum(values * ops.cast(rows, "float32"))
         value = ops.cast(variable.value, "float32")
         gradient = ops.cast(self.dense(gradient, variable), "float32")
         return ops.sum(ops.stop_gradient(gradient) * value)
 
     def add_perturbations(self, first, second):
-        """Returns ``first + second`` of two results of `scale_to_norm` (or sums)."""
+        """Returns ``first + second`` of two results of `scale_to_norm` (or sums).
+
+        Two `SparseRows` give `SparseRows`, repeated rows summed; with a
+        dense one, a dense sum.
+        """
+        if sparse_rows.is_rows(first) and sparse_rows.is_rows(second):
+            return sparse_rows.add(first, second)
+        if sparse_rows.is_rows(first):
+            first, second = second, first
+        if sparse_rows.is_rows(second):
+            return first + sparse_rows.densified(second, tuple(first.shape))
         return first + second
 
     def clip_to_norm(self, perturbation, epsilon):
@@ -530,14 +627,7 @@ class Step(abc.ABC):
         taken of the tensor divided by its largest entry, so a perturbation
         whose squares overflow (a huge ascent step) is still projected.
         """
-        ops = keras.ops
-        peak = ops.max(ops.abs(perturbation))
-        norm = peak * ops.sqrt(
-            ops.sum(ops.square(ops.divide_no_nan(perturbation, peak)))
-        )
-        epsilon = ops.cast(epsilon, perturbation.dtype)
-        scale = ops.where(norm > epsilon, ops.divide_no_nan(epsilon, norm), 1.0)
-        return perturbation * ops.cast(scale, perturbation.dtype)
+        return sparse_rows.map_values(lambda r: _clipped(r, epsilon), perturbation)
 
     def iteration(self):
         """Returns the optimizer's iteration count (0 at the first step), float32."""
@@ -613,6 +703,8 @@ class Step(abc.ABC):
         """
         if gradient is None:
             return keras.ops.zeros((), "float32")
+        if sparse_rows.is_rows(gradient):
+            gradient = gradient.values
         gradient = keras.ops.cast(self.dense(gradient), "float32")
         return keras.ops.sum(keras.ops.square(gradient))
 
@@ -662,9 +754,10 @@ class Step(abc.ABC):
         if gradient is None:
             return None
         ops = keras.ops
-        gradient = self.dense(gradient)
         factor = self.scale_loss(ops.ones((), "float32"))
-        return gradient / ops.cast(factor, gradient.dtype)
+        return sparse_rows.map_values(
+            lambda g: self.dense(g) / ops.cast(factor, g.dtype), gradient
+        )
 
     def seed(self, generator):
         """Returns the ``seed`` argument of one random draw in this step.

@@ -25,6 +25,7 @@ import jax
 
 from keras_reg._compat import keras
 from keras_reg.backend import base, keras_internals, reads, stateless
+from keras_reg.backend import rows as sparse_rows
 from keras_reg.backend.tracking import (
     attach_metric,
     attach_state,
@@ -59,7 +60,13 @@ class Recorder(NamedTuple):
 
 @contextlib.contextmanager
 def step_scope(
-    model, variables, step_args=(), layers=(), inputs=False, several=False
+    model,
+    variables,
+    step_args=(),
+    layers=(),
+    inputs=False,
+    several=False,
+    lookups=(),
 ):
     """Keeps the train step's state argument for the step's regulariser.
 
@@ -71,13 +78,15 @@ def step_scope(
             to (unused, likewise).
         inputs: Whether regularisers differentiate w.r.t. the inputs (unused).
         several: Whether several regularisers share the step (unused).
+        lookups: Embedding layers whose matrix gradient may be taken as rows
+            (unused: the clean pass is recomputed).
         step_args: The positional arguments of ``train_step``:
             ``(state, data)`` for Keras's JAX trainer.
 
     Yields:
         A `Recorder`.
     """
-    del model, variables, layers, inputs, several
+    del model, variables, layers, inputs, several, lookups
     state = step_args[0] if step_args else None
     if not (isinstance(state, (tuple, list)) and len(state) == 4):
         state = None
@@ -244,6 +253,33 @@ class Step(stateless.Step):
         return scaled, gradients
 
     def output_gradients(self, layer, of=None):
+        value, _, _, (gradients, _) = self._lookup_pass(layer, of)
+        if of is not None:
+            return gradients
+        self._keep_clean_pass(value)
+        return [self.unscaled(g) for g in gradients]
+
+    def _clean_lookup_gradients(self, layer, variables=()):
+        scaled, y_pred, ids, gradients = self._lookup_pass(layer, variables=variables)
+        self._keep_clean_pass(scaled, y_pred)
+        outputs, others = jax.lax.stop_gradient(gradients)
+        return (ids, outputs, others) if variables else (ids, outputs)
+
+    def _lookup_pass(self, layer, of=None, variables=()):
+        """The recomputed clean pass (same mask), differentiated at ``layer``'s lookups.
+
+        Args:
+            layer: The layer whose lookup outputs are differentiated.
+            of: Differentiate ``of(y_pred)`` instead of the scaled loss.
+            variables: Variables (not the layer's matrix) whose values are
+                differentiated too, in the same backward pass.
+
+        Returns:
+            ``(value, y_pred, ids, (gradients, variable_gradients))``: the
+            scaled loss (or ``of(y_pred)``), the pass's output, each lookup's
+            ids, and the value's gradients with respect to each lookup's
+            output and to each of ``variables``.
+        """
         start = self._start_values()
         lookups = []
 
@@ -261,29 +297,35 @@ class Step(stateless.Step):
         if not lookups:
             raise ValueError(base.NO_LOOKUP.format(name=layer.name))
 
-        def scaled_loss(deltas):
-            pending = list(deltas)
+        def objective(given):
+            deltas, values = given
+            pending, ids = list(deltas), []
 
             def add(output, inputs):
                 if base.is_lookup(output, inputs):
+                    ids.append(inputs)
                     return output + pending.pop(0)
                 return output
 
+            output = self.pass_loss(
+                values=list(zip(variables, values)),
+                start=start,
+                keep=False,
+                layer=layer,
+                transform=add,
+                output=True if of is not None else "both",
+            )
             if of is not None:
-                return of(
-                    self.pass_loss(
-                        start=start, keep=False, layer=layer, transform=add, output=True
-                    )
-                )
-            loss = self.pass_loss(start=start, keep=False, layer=layer, transform=add)
-            return self.scale_loss(loss)
+                return of(output), (output, ids)
+            y_pred, loss = output
+            return self.scale_loss(loss), (y_pred, ids)
 
         zeros = [jax.numpy.zeros(s.shape, s.dtype) for s in lookups]
-        if of is not None:
-            return jax.grad(scaled_loss)(zeros)
-        scaled, gradients = jax.value_and_grad(scaled_loss)(zeros)
-        self._keep_clean_pass(scaled)
-        return [self.unscaled(g) for g in gradients]
+        values = [v.value for v in variables]
+        (value, (y_pred, ids)), gradients = jax.value_and_grad(
+            objective, has_aux=True
+        )((zeros, values))
+        return value, y_pred, ids, gradients
 
     def input_gradients(self, of):
         start = self._start_values()
@@ -322,7 +364,9 @@ class Step(stateless.Step):
     def unscaled(self, gradient):
         if gradient is None:
             return None
-        return gradient / self.scale_loss(jax.numpy.ones((), gradient.dtype))
+        return sparse_rows.map_values(
+            lambda g: g / self.scale_loss(jax.numpy.ones((), g.dtype)), gradient
+        )
 
     def value_and_gradient(self, function, wrt):
         single = not isinstance(wrt, (list, tuple))

@@ -138,6 +138,13 @@ class OffsetStep:
     def loss_gradient(self, variable):
         return base.Step.loss_gradient(self, variable)
 
+    def matrix_gradient(self, layer, variable, perturbation=None):
+        # The generic path: the wrapped step's rows are of its own pass, at w.
+        return base.Step.matrix_gradient(self, layer, variable, perturbation)
+
+    def matrix_loss_gradients(self, layer, variable, variables):
+        return base.Step.matrix_loss_gradients(self, layer, variable, variables)
+
     def penalty_gradients(self, variables):
         return base.Step.penalty_gradients(self, variables)
 

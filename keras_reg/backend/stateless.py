@@ -25,6 +25,7 @@ import weakref
 
 from keras_reg._compat import keras
 from keras_reg.backend import base, keras_internals, reads, tracking
+from keras_reg.backend import rows as sparse_rows
 
 ops = keras.ops
 
@@ -197,6 +198,87 @@ class Step(base.Step):
     def _state_values(self):
         """Returns ``(variable, value)`` pairs of the train step's own state."""
         return []
+
+    def matrix_gradient(self, layer, variable, perturbation=None):
+        """`base.Step.matrix_gradient`: `SparseRows` where the layer is a plain lookup.
+
+        The pass is differentiated with respect to the lookup's outputs, not
+        the matrix: the framework's gradient of a lookup is a dense
+        ``vocabulary x dim`` matrix (JAX's gradient of a gather, PyTorch's
+        ``Embedding`` backward), the outputs' is one row per token occurrence.
+        Those rows summed per id (`keras_reg.backend.rows.summed`) are the
+        dense gradient's non-zero rows, exactly: E reaches the loss only
+        through the lookup. Otherwise (a tied head, an
+        ``embeddings_regularizer``, another layer) the dense gradient.
+        """
+        if not self._plain_lookup(layer, variable):
+            return super().matrix_gradient(layer, variable, perturbation)
+        if perturbation is not None:
+            ids, gradients = self._lookup_gradients(layer, perturbation)
+            return self.global_sum(sparse_rows.summed(ids, gradients))
+        key = ("rows", id(variable))
+        if key not in self._loss_gradient:
+            taken = self._clean_lookup_gradients(layer)
+            if taken is None:
+                return super().matrix_gradient(layer, variable)
+            summed = sparse_rows.summed(*taken)
+            self._loss_gradient[key] = self.global_sum(summed)
+        return self._loss_gradient[key]
+
+    def matrix_loss_gradients(self, layer, variable, variables):
+        """`base.Step.matrix_loss_gradients`: the matrix's as in `matrix_gradient`.
+
+        One backward pass of the clean pass to the other variables and to the
+        lookup's outputs.
+        """
+        if not self._plain_lookup(layer, variable):
+            return super().matrix_loss_gradients(layer, variable, variables)
+        others = [v for v in variables if v is not variable]
+        taken = self._clean_lookup_gradients(layer, others)
+        if taken is None:
+            return super().matrix_loss_gradients(layer, variable, variables)
+        ids, gradients, remaining = taken
+        summed = sparse_rows.summed(ids, gradients)
+        remaining = iter(remaining)
+        return [summed if v is variable else next(remaining) for v in variables]
+
+    def _clean_lookup_gradients(self, layer, variables=()):
+        """Returns d (scaled clean loss) / d each lookup output (and ``variables``).
+
+        Of the step's own clean pass (or one with its inputs, weights and
+        dropout mask), in one backward pass.
+
+        Returns:
+            ``(ids, gradients)``: one pair per lookup of ``layer``; with
+            ``variables``, ``(ids, gradients, variable_gradients)`` (None
+            where a variable is unused); None where the backend did not
+            record the lookups.
+        """
+        return None
+
+    def _lookup_gradients(self, layer, perturbation):
+        """``(ids, gradients)`` of one more pass at E + perturbation (constant).
+
+        d (scaled loss) / d each lookup output of ``layer``, in a training pass
+        whose lookups return ``E[ids] + perturbation[ids]`` (as
+        `loss_with_perturbation`) and that keeps no non-trainable updates.
+        """
+        zeros = [ops.zeros(shape, "float32") for shape in self.lookup_shapes(layer)]
+
+        def objective(deltas):
+            pending, ids = list(deltas), []
+
+            def add(output, inputs):
+                if not base.is_lookup(output, inputs):
+                    return output
+                ids.append(inputs)
+                delta = pending.pop(0) + self._rows(perturbation, inputs)
+                return output + ops.cast(delta, output.dtype)
+
+            loss = self.training_loss(layer=layer, transform=add, keep_updates=False)
+            return self.scale_loss(loss), ids
+
+        return self.value_and_gradient(objective, zeros)
 
     def _plain_lookup(self, layer, variable):
         """Whether perturbing the layer's output is perturbing E in every use.

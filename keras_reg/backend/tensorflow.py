@@ -24,13 +24,13 @@ ways:
 """
 
 import contextlib
-from typing import NamedTuple
 
 import tensorflow as tf
 
 from keras_reg._compat import keras
 from keras_reg.backend import base, keras_internals
 from keras_reg.backend.interception import transformed_output
+from keras_reg.backend.rows import PAD, SparseRows
 from keras_reg.backend.tracking import (
     attach_metric,
     attach_state,
@@ -50,13 +50,6 @@ __all__ = [
     "report_loss",
     "step_scope",
 ]
-
-
-class SparseRows(NamedTuple):
-    """Rows ``rows`` of a matrix holding ``values``; every other row is zero."""
-
-    rows: tf.Tensor
-    values: tf.Tensor
 
 
 class Recorder:
@@ -107,7 +100,13 @@ class Recorder:
 
 @contextlib.contextmanager
 def step_scope(
-    model, variables, step_args=(), layers=(), inputs=False, several=False
+    model,
+    variables,
+    step_args=(),
+    layers=(),
+    inputs=False,
+    several=False,
+    lookups=(),
 ):
     """Records the train step's forward pass for gradients w.r.t. ``variables``.
 
@@ -120,11 +119,13 @@ def step_scope(
         inputs: Watch the batch's float inputs (`Step.input_gradients`).
         several: Several regularisers (a composition) read the tape: it is
             persistent.
+        lookups: Embedding layers whose matrix gradient may be taken as rows
+            (unused: the tape's is a `tf.IndexedSlices` already).
 
     Yields:
         A `Recorder`.
     """
-    del model
+    del model, lookups
     tape = tf.GradientTape(persistent=several, watch_accessed_variables=False)
     recorder = Recorder(tape, layers, several)
     with tape, contextlib.ExitStack() as stack:
@@ -165,7 +166,7 @@ def sum_repeated_rows(gradient):
 
 
 # A row index past any vocabulary: the padding rows of `sum_sorted_rows`.
-PAD_ROW = 2**31 - 1
+PAD_ROW = PAD
 
 
 def sum_sorted_rows(gradient):
@@ -501,12 +502,6 @@ class Step(base.Step):
             )
             return self._summed_rows(union)
         return _dense(first) + _dense(second)
-
-    def clip_to_norm(self, perturbation, epsilon):
-        if isinstance(perturbation, SparseRows):
-            values = super().clip_to_norm(perturbation.values, epsilon)
-            return SparseRows(perturbation.rows, values)
-        return super().clip_to_norm(perturbation, epsilon)
 
     def lookup_shapes(self, layer):
         outputs = self._recorder.outputs[id(layer)]

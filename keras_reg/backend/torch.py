@@ -7,7 +7,10 @@ clean loss with respect to the embedding is taken from it with
 ``torch.autograd.grad(..., retain_graph=True)``: it never touches any
 ``.grad``, and the graph stays usable for the step's own backward pass (which
 ``add_clean_loss=True`` needs). A frozen watched variable is made
-differentiable for the duration of the step, like a tape's ``watch``.
+differentiable for the duration of the step, like a tape's ``watch``. For a
+plain lookup layer the gradient is taken with respect to its recorded lookup
+outputs instead (one row per token occurrence, summed per id by
+`Step.matrix_gradient`): PyTorch's gradient of the matrix itself is dense.
 
 Perturbed passes substitute values (see `keras_reg.backend.stateless`); the
 optimizer then receives in ``.grad`` only the gradients of the loss the
@@ -20,6 +23,7 @@ import torch
 
 from keras_reg._compat import keras
 from keras_reg.backend import base, stateless
+from keras_reg.backend import rows as sparse_rows
 from keras_reg.backend.interception import transformed_output
 from keras_reg.backend.tracking import (
     attach_metric,
@@ -48,10 +52,14 @@ class Recorder:
     Attributes:
         outputs: Layer id -> the outputs of that layer's lookups
             (`base.is_lookup`) in the step's forward pass.
+        lookups: Layer id -> ``(ids, output)`` of each lookup of a layer
+            whose matrix gradient may be taken as rows
+            (`Step.matrix_gradient`).
     """
 
-    def __init__(self, layers=()):
+    def __init__(self, layers=(), lookups=()):
         self.outputs = {id(layer): [] for layer in layers}
+        self.lookups = {id(layer): [] for layer in lookups}
         self.inputs = []
         # Only the step's own forward pass is recorded (the Step stops it).
         self.capturing = True
@@ -69,10 +77,27 @@ class Recorder:
 
         return keep
 
+    def record(self, layer):
+        """Returns a `transformed_output` transform keeping a lookup's ids, output."""
+        lookups = self.lookups[id(layer)]
+
+        def keep(output, inputs):
+            if self.capturing and base.is_lookup(output, inputs):
+                lookups.append((inputs, output))
+            return output
+
+        return keep
+
 
 @contextlib.contextmanager
 def step_scope(
-    model, variables, step_args=(), layers=(), inputs=False, several=False
+    model,
+    variables,
+    step_args=(),
+    layers=(),
+    inputs=False,
+    several=False,
+    lookups=(),
 ):
     """Makes frozen ``variables`` differentiable for the duration of one step.
 
@@ -86,6 +111,8 @@ def step_scope(
             (`Step.input_gradients`).
         several: Whether several regularisers share the step (unused: the
             graph may be read any number of times).
+        lookups: Embedding layers whose lookups' ids and outputs are kept,
+            for their matrix's gradient as rows (`Step.matrix_gradient`).
 
     Yields:
         A `Recorder`.
@@ -94,7 +121,7 @@ def step_scope(
     frozen = [v.value for v in variables if not getattr(v.value, "requires_grad", True)]
     for tensor in frozen:
         tensor.requires_grad_(True)
-    recorder = Recorder(layers)
+    recorder = Recorder(layers, lookups)
     if inputs and step_args:
         x, _, _ = keras.utils.unpack_x_y_sample_weight(step_args[-1])
         recorder.inputs = [
@@ -106,6 +133,9 @@ def step_scope(
         with contextlib.ExitStack() as stack:
             for layer in layers:
                 stack.enter_context(transformed_output(layer, recorder.capture(layer)))
+            # After `capture`: the output it hands on is the one differentiated.
+            for layer in lookups:
+                stack.enter_context(transformed_output(layer, recorder.record(layer)))
             yield recorder
     finally:
         for tensor in frozen:
@@ -145,10 +175,34 @@ class Step(stateless.Step):
         )
 
     def lookup_shapes(self, layer):
-        outputs = self._recorder.outputs[id(layer)]
+        outputs = self._recorder.outputs.get(id(layer)) or [
+            output for _, output in self._recorder.lookups.get(id(layer), [])
+        ]
         if not outputs:
             raise ValueError(base.NO_LOOKUP.format(name=layer.name))
         return [tuple(output.shape) for output in outputs]
+
+    def _clean_lookup_gradients(self, layer, variables=()):
+        """Read off the step's own pass: its recorded lookups, one backward pass."""
+        lookups = self._recorder.lookups.get(id(layer))
+        if not lookups:
+            return None  # not recorded (a custom step): the dense gradient
+        outputs = [output for _, output in lookups]
+        gradients = torch.autograd.grad(
+            self.scale_loss(self.loss),
+            outputs + [v.value for v in variables],
+            retain_graph=True,
+            allow_unused=True,
+        )
+        gradients = [None if g is None else g.detach() for g in gradients]
+        ids = [ids for ids, _ in lookups]
+        at_outputs = [
+            torch.zeros_like(o) if g is None else g
+            for g, o in zip(gradients, outputs)
+        ]
+        if not variables:
+            return ids, at_outputs
+        return ids, at_outputs, gradients[len(outputs) :]
 
     def lookup_outputs(self, layer):
         self.lookup_shapes(layer)  # a clear error without a lookup
@@ -211,4 +265,6 @@ class Step(stateless.Step):
     def unscaled(self, gradient):
         if gradient is None:
             return None
-        return gradient / self.scale_loss(torch.ones((), device=gradient.device))
+        return sparse_rows.map_values(
+            lambda g: g / self.scale_loss(torch.ones((), device=g.device)), gradient
+        )

@@ -9,10 +9,11 @@ shapes, so it runs the same under XLA.
 """
 
 from keras_reg._compat import keras
+from keras_reg.backend import rows as sparse_rows
 
 ops = keras.ops
 
-PAD = 2**31 - 1  # int32 max: sorts after every row index, matches none
+PAD = sparse_rows.PAD  # int32 max: sorts after every row index, matches none
 
 
 def state_spec(capacity, dim):
@@ -47,14 +48,7 @@ def gather(indices, rows, ids):
     Returns:
         A tensor of shape ``ids.shape + (dim,)``.
     """
-    flat = ops.reshape(ops.cast(ids, "int32"), (-1,))
-    capacity = indices.shape[0]
-    position = ops.minimum(ops.searchsorted(indices, flat), capacity - 1)
-    found = ops.equal(ops.take(indices, position), flat)
-    picked = ops.where(
-        ops.expand_dims(found, -1), ops.take(rows, position, axis=0), 0.0
-    )
-    return ops.reshape(picked, tuple(ops.shape(ids)) + (rows.shape[-1],))
+    return sparse_rows.lookup(sparse_rows.SparseRows(indices, rows), ids)
 
 
 def from_occurrences(ids, capacity, values=None, matrix_gradient=None):
@@ -75,28 +69,8 @@ def from_occurrences(ids, capacity, values=None, matrix_gradient=None):
         ``indices`` (``capacity``, int32, ascending, `PAD`-padded) and
         ``rows`` (``capacity x dim``, float32, zero past the last index).
     """
-    flat = ops.reshape(ops.cast(ids, "int32"), (-1,))
-    order = ops.argsort(flat)
-    ordered = ops.take(flat, order)
-    first = ops.concatenate(
-        [ops.ones((1,), "bool"), ops.not_equal(ordered[1:], ordered[:-1])]
-    )
-    count = ops.sum(ops.cast(first, "int32"))
-    # More unique ids than the buffer holds (a batch over the capacity whose
-    # shape was not known when traced): an empty buffer, no perturbation.
-    fits = count <= capacity
-    segment = ops.minimum(ops.cumsum(ops.cast(first, "int32")) - 1, capacity - 1)
-    valid = ops.logical_and(ops.arange(capacity, dtype="int32") < count, fits)
-    unique = ops.segment_sum(
-        ops.where(first, ordered, 0), segment, num_segments=capacity
-    )
-    indices = ops.where(valid, ops.cast(unique, "int32"), PAD)
     if values is not None:
-        values = ops.cast(ops.take(values, order, axis=0), "float32")
-        rows = ops.segment_sum(values, segment, num_segments=capacity)
-    else:
-        last = matrix_gradient.shape[0] - 1
-        rows = ops.take(matrix_gradient, ops.minimum(indices, last), axis=0)
-        rows = ops.cast(rows, "float32")
-    rows = ops.where(ops.expand_dims(valid, -1), rows, 0.0)
-    return indices, rows
+        return tuple(sparse_rows.summed(ids, values, capacity))
+    indices = sparse_rows.distinct(ids, capacity)
+    rows = ops.cast(sparse_rows.matrix_rows(matrix_gradient, indices), "float32")
+    return indices, ops.where(ops.expand_dims(indices != PAD, -1), rows, 0.0)

@@ -31,21 +31,23 @@ def clean_term_variables(model, matrix):
     return variables
 
 
-def clean_gradient(step, matrix, add_clean_loss):
+def clean_gradient(step, layer, matrix, add_clean_loss):
     """Returns the clean gradient dL/dE (global) and the clean term, or None.
 
     With ``add_clean_loss`` every clean gradient is taken in one backward
-    pass (`Step.loss_gradients`) and the clean term is `Step.linear_loss` of
+    pass (`Step.matrix_loss_gradients`) and the clean term is `Step.linear_loss` of
     them: the step's own backward pass then does not go through the clean pass
     again (one backward pass through each of L(E) and L(E + delta), not the
     pass to E for the direction and then the trainer's full backward pass of
     the clean loss). Otherwise only dL/dE is taken (of the scaled loss: the
-    direction is invariant to the loss scale).
+    direction is invariant to the loss scale), as rows where the backend
+    takes it so (`Step.matrix_gradient`).
     """
     if not add_clean_loss:
-        return step.loss_gradient(matrix), None
+        return step.matrix_gradient(layer, matrix), None
     variables = clean_term_variables(step.model, matrix)
-    gradients = [step.unscaled(g) for g in step.loss_gradients(variables)]
+    taken = step.matrix_loss_gradients(layer, matrix, variables)
+    gradients = [step.unscaled(g) for g in taken]
     # The clean loss of the pass differentiated (JAX: the recomputed one).
     loss = ops.stop_gradient(step.clean_loss())
     index = next(i for i, v in enumerate(variables) if v is matrix)

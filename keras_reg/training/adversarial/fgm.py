@@ -90,7 +90,7 @@ class FGM(TrainingRegularizer):
     def regularized_loss(self, step):
         layer = find_embedding_layer(step.model, self.embedding_name)
         matrix = embedding_matrix(layer)
-        gradient, clean = clean_gradient(step, matrix, self.add_clean_loss)
+        gradient, clean = clean_gradient(step, layer, matrix, self.add_clean_loss)
         epsilon = relative.current(
             step, self.epsilon, lambda: relative.rows_norm(step, matrix, gradient)
         )

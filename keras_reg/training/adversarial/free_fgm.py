@@ -9,6 +9,7 @@ References:
 """
 
 from keras_reg._compat import keras
+from keras_reg.backend import rows as sparse_rows
 from keras_reg.training.adversarial import carried_rows
 from keras_reg.training.adversarial.fgm import FGM
 from keras_reg.training.core import relative, schedule
@@ -194,12 +195,8 @@ class FreeFGM(FGM):
 
 def _carried_rows_norm(matrix, indices, rows):
     """`relative.rows_norm` for the carried buffer: the norm of the moved rows."""
-    vocabulary = int(matrix.shape[0])
-    table = ops.cast(ops.convert_to_tensor(matrix), "float32")
-    table = ops.take(table, ops.clip(indices, 0, vocabulary - 1), axis=0)
-    moved = ops.sum(ops.square(ops.cast(rows, "float32")), axis=-1) > 0
-    squares = ops.sum(ops.square(table), axis=-1)
-    return ops.sqrt(ops.sum(ops.where(moved, squares, ops.zeros_like(squares))))
+    table = sparse_rows.matrix_rows(ops.convert_to_tensor(matrix), indices)
+    return relative.moved_rows_norm(table, rows)
 
 
 def _differentiated(step, matrix):
@@ -212,9 +209,4 @@ def _differentiated(step, matrix):
 
 def _densified(direction, shape):
     """A dense ``shape`` matrix from `scale_to_norm`'s result (sparse rows on TF)."""
-    rows = getattr(direction, "rows", None)
-    if rows is None:
-        return direction
-    # Padding rows past the vocabulary (XLA's static shapes) hold zeros.
-    rows = ops.minimum(rows, shape[0] - 1)
-    return ops.scatter(ops.expand_dims(rows, -1), direction.values, shape)
+    return sparse_rows.densified(direction, shape)

@@ -71,7 +71,7 @@ class PGD(FGM):
     def regularized_loss(self, step):
         layer = find_embedding_layer(step.model, self.embedding_name)
         matrix = embedding_matrix(layer)
-        gradient, clean = clean_gradient(step, matrix, self.add_clean_loss)
+        gradient, clean = clean_gradient(step, layer, matrix, self.add_clean_loss)
         epsilon, alpha = relative.currents(
             step,
             (self.epsilon, self.alpha),
@@ -85,7 +85,7 @@ class PGD(FGM):
         )
         delta = step.scale_to_norm(gradient, first)
         for _ in range(self.steps - 1):
-            gradient = _ascent_gradient(step, layer, matrix, delta)
+            gradient = step.matrix_gradient(layer, matrix, delta)
             ascent = step.scale_to_norm(gradient, alpha)
             delta = step.clip_to_norm(step.add_perturbations(delta, ascent), epsilon)
         adversarial = step.loss_with_perturbation(layer, matrix, delta)
@@ -97,21 +97,3 @@ class PGD(FGM):
         config.update(alpha=schedule.serialize(self.alpha), steps=self.steps)
         return config
 
-
-def _ascent_gradient(step, layer, matrix, delta):
-    """Returns d (scaled loss) / dE at E + delta, of the global batch (constant).
-
-    One more training pass, perturbed as the final one, differentiated with
-    respect to E only (sparse where the framework is); on JAX and PyTorch the
-    pass keeps no non-trainable updates.
-    """
-
-    def objective(_):
-        loss = step.loss_with_perturbation(layer, matrix, delta, keep_updates=False)
-        return step.scale_loss(loss), None
-
-    _, (gradient,) = step.value_and_gradient(objective, [matrix])
-    if gradient is None:
-        return ops.zeros_like(matrix.value)
-    # The replicas' shares summed: the global batch's gradient.
-    return step.global_sum(gradient)

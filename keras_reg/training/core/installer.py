@@ -151,10 +151,16 @@ class _Installation:
         self.data = kwargs.get("data", args[-1] if args else None)
         inputs = self.regularizer.watches_inputs(self.model)
         several = isinstance(self.regularizer, Composition)
-        scope = self.backend.step_scope(
-            self.model, variables, args, layers, inputs, several=several
-        )
         required = self.regularizer.required_layers(self.model)
+        scope = self.backend.step_scope(
+            self.model,
+            variables,
+            args,
+            layers,
+            inputs,
+            several=several,
+            lookups=[layer for layer, lookup in required if lookup],
+        )
         with scope as recorder, recorded_calls(required) as calls:
             self.recorder = recorder
             self.calls = (required, calls)

@@ -36,6 +36,7 @@ The ratio may be a schedule of the step (``relative(PolynomialDecay(0.0,
 """
 
 from keras_reg._compat import keras
+from keras_reg.backend import rows as sparse_rows
 from keras_reg.training.core import schedule
 from keras_reg.training.core.export import export
 
@@ -153,7 +154,7 @@ def rows_norm(step, matrix, gradient):
 
     The rows an FGM-type perturbation ``epsilon * g / ||g||_F`` moves: the
     batch's tokens, each row once (repeated tokens' gradients summed, as in
-    `Step.scale_to_norm`, whose sparse rows it reuses on TensorFlow). A row
+    `Step.scale_to_norm`, whose sparse rows it reuses). A row
     whose summed gradient is exactly zero (masked padding) is not moved and not
     counted. ``gradient`` is the global batch's, so the norm is too.
 
@@ -164,14 +165,19 @@ def rows_norm(step, matrix, gradient):
             framework is).
     """
     direction = step.scale_to_norm(gradient, 1.0)
-    rows = getattr(direction, "rows", None)  # TensorFlow's sparse rows
-    table = ops.cast(ops.convert_to_tensor(matrix), "float32")
-    if rows is None:
-        values = direction
-    else:
-        values, table = direction.values, ops.take(table, rows, axis=0)
+    if not sparse_rows.is_rows(direction):
+        table = ops.cast(ops.convert_to_tensor(matrix), "float32")
+        return moved_rows_norm(table, direction)
+    return moved_rows_norm(
+        sparse_rows.matrix_rows(ops.convert_to_tensor(matrix), direction.rows),
+        direction.values,
+    )
+
+
+def moved_rows_norm(rows, values):
+    """The Frobenius norm of ``rows`` where ``values`` (one row each) is not zero."""
     moved = ops.sum(ops.square(ops.cast(values, "float32")), axis=-1) > 0
-    squares = ops.sum(ops.square(table), axis=-1)
+    squares = ops.sum(ops.square(ops.cast(rows, "float32")), axis=-1)
     return ops.sqrt(ops.sum(ops.where(moved, squares, ops.zeros_like(squares))))
 
 
