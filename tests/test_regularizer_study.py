@@ -58,7 +58,8 @@ def test_smoke_run_caches_every_run_and_a_second_run_trains_nothing(tmp_path):
     assert "0 runs left" in again
     assert " seed 0: val " not in again  # nothing trained
     assert {path: os.stat(path).st_mtime_ns for path in files} == stamps
-    assert _smoke(tmp_path, "--report").count("### ") == 4
+    # The four tasks' tables and FGM's one-strength-on-both-models table.
+    assert _smoke(tmp_path, "--report").count("### ") == 5
 
 
 def test_t_interval_matches_the_closed_form():
@@ -153,3 +154,6 @@ def test_summary_table_has_plain_accuracy_and_differences_in_points(tmp_path):
     _write(tmp_path, "digits", "FGM", 1.0, 2, 0.95, 0.94, seconds=2.0)
     # Differences 0.03, 0.03, 0.03: the interval is the point, above 0 (bold).
     assert report.summary_table(study)[3] == "| FGM | **+3.0 [+3.0, +3.0]** (2.0x) |"
+    # One seed (the smoke run): the difference without an interval.
+    single = Study(str(tmp_path), seeds=1, tasks=["digits"], methods=["plain", "FGM"])
+    assert report.summary_table(single)[3] == "| FGM | +3.0 (1 seed) (2.0x) |"

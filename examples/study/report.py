@@ -147,10 +147,13 @@ def _summary_cell(study, task, method, plain):
     )
     _, cpu = _seconds(seeds.values())
     _, plain_cpu = _seconds(plain.values())
+    cost = f"({cpu / plain_cpu:.1f}x)"
+    if half is None:  # one seed: no interval
+        return f"{100 * mean:+.1f} (1 seed) {cost}"
     mark = "**" if mean - half > 0 else ""
     return (
         f"{mark}{100 * mean:+.1f} [{100 * (mean - half):+.1f}, "
-        f"{100 * (mean + half):+.1f}]{mark} ({cpu / plain_cpu:.1f}x)"
+        f"{100 * (mean + half):+.1f}]{mark} {cost}"
     )
 
 
