@@ -56,9 +56,9 @@ class FGM(TrainingRegularizer):
             the step, e.g. a ramp (see `keras_reg.training.core.schedule`).
             At most ~1.8e19 (its square must be a finite float32). Or
             ``keras_reg.relative(r)``: ``||delta||_F = r * ||E_S||_F``, E_S the
-            rows the perturbation moves (the batch's tokens, each once), a
-            value that transfers between models (see
-            `keras_reg.training.core.relative`).
+            rows the perturbation moves (the batch's tokens, each once): a
+            size of move that means the same on every model, still to be
+            tuned (see `keras_reg.training.core.relative`).
         add_clean_loss: Optimize L(E) + L(E + delta) instead of L(E + delta).
 
     Example:
