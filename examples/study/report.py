@@ -22,6 +22,18 @@ def t_interval(differences, confidence=0.95):
     )
 
 
+def paired_difference(seeds, plain):
+    """(mean, half width, seeds) of the test-accuracy differences to plain.
+
+    Paired by seed over the seeds both have (see `t_interval`).
+    """
+    common = sorted(set(seeds) & set(plain))
+    differences = [
+        seeds[s]["test_accuracy"] - plain[s]["test_accuracy"] for s in common
+    ]
+    return (*t_interval(differences), len(common))
+
+
 def collect(study, task, method):
     """(chosen strength, {grid value: val acc}, {seed: result}) from the cache."""
     grid = {}
@@ -106,18 +118,15 @@ def task_table(study, task):
             continue
         accuracy = np.array([r["test_accuracy"] for r in seeds.values()])
         std = accuracy.std(ddof=1) if len(accuracy) > 1 else 0.0
-        common = sorted(set(seeds) & set(plain))
-        if method == "plain" or not common:
+        if method == "plain" or not set(seeds) & set(plain):
             difference = "" if method == "plain" else "no plain run yet"
         else:
-            mean, half = t_interval(
-                [seeds[s]["test_accuracy"] - plain[s]["test_accuracy"] for s in common]
-            )
+            mean, half, paired = paired_difference(seeds, plain)
             difference = (
-                f"{mean:+.4f} ({len(common)} seed)"
+                f"{mean:+.4f} ({paired} seed)"
                 if half is None
                 else f"{mean:+.4f} [{mean - half:+.4f}, {mean + half:+.4f}] "
-                f"({len(common)} seeds)"
+                f"({paired} seeds)"
             )
         wall, cpu = _seconds(seeds.values())
         ratio = f" ({cpu / plain_time:.1f}x)" if plain_time else ""
@@ -141,10 +150,7 @@ def _summary_cell(study, task, method, plain):
     if method == "plain":
         accuracy = np.mean([r["test_accuracy"] for r in seeds.values()])
         return f"{accuracy:.3f}"
-    common = sorted(set(seeds) & set(plain))
-    mean, half = t_interval(
-        [seeds[s]["test_accuracy"] - plain[s]["test_accuracy"] for s in common]
-    )
+    mean, half, _ = paired_difference(seeds, plain)
     _, cpu = _seconds(seeds.values())
     _, plain_cpu = _seconds(plain.values())
     cost = f"({cpu / plain_cpu:.1f}x)"

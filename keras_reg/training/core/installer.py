@@ -76,10 +76,12 @@ class _Installation:
             name: self.backend.attach_state(model, name, *_state_spec(spec))
             for name, spec in regularizer.carried_state(model).items()
         }
-        self.schedule_check = ScheduleCheck(regularizer, lambda: _iterations(model))
         # What the host checks already warned about (once per installation:
         # a reinstalled, copied or unpickled regulariser warns again).
         self.warned = set()
+        self.schedule_check = ScheduleCheck(
+            regularizer, lambda: _iterations(model), self.warned
+        )
         # Per thread: under tf.distribute.MirroredStrategy each replica traces
         # its step in a thread of its own, on this one installation.
         self._local = threading.local()

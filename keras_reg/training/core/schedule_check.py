@@ -63,13 +63,15 @@ class ScheduleCheck:
         regularizer: The installed regulariser.
         start: Returns the optimizer's step count (read when installed, only
             where a strength is scheduled): the earlier steps did not use it.
+        warned: The installation's set of what was already warned about
+            (``(id(owner), strength name)`` is added to it).
     """
 
-    def __init__(self, regularizer, start):
+    def __init__(self, regularizer, start, warned):
         self.strengths = scheduled_strengths(regularizer)
         # The first step not yet checked.
         self.checked = int(start()) if self.strengths else 0
-        self.warned = set()
+        self.warned = warned
 
     def check(self, iterations):
         """Warns once per strength about values < 0 or NaN before ``iterations``.
