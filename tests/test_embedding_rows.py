@@ -1,12 +1,15 @@
-"""On JAX and PyTorch the adversaries hold the embedding gradient as rows.
+"""On JAX and PyTorch the adversaries, SAM and AWP hold the table's gradient as rows.
 
 The framework's gradient of an embedding lookup is a dense ``vocabulary x
-dim`` matrix there; FGM's and PGD's directions are taken instead from the
-gradient with respect to the lookup's output, summed per id
-(`keras_reg.backend.rows`). At a vocabulary of 50,000 the step must then
-create no ``vocabulary x dim`` tensor beyond the plain step's (the weights'
-gradient and update): counted in the jitted step's jaxpr on JAX, and over the
-ops the step runs (a dispatch mode) on PyTorch. The rows path must also give
+dim`` matrix there; FGM's and PGD's directions, and the table's part of SAM's,
+ASAM's and AWP's e(w), are taken instead from the gradient with respect to the
+lookup's output, summed per id (`keras_reg.backend.rows`). At a vocabulary of
+50,000 the step must then create no ``vocabulary x dim`` tensor beyond the
+plain step's (the weights' gradient and update): counted in the jitted step's
+jaxpr on JAX, and over the ops the step runs (a dispatch mode) on PyTorch.
+On TensorFlow, whose gradient of a lookup is sparse already, SAM's and AWP's
+traced step must hold no such tensor but the variable's reads. The rows path
+must also give
 the dense path's numbers (repeated ids, mixed precision; the generic path is
 `base.Step`'s, see also tests/test_step_overrides.py).
 """
@@ -20,7 +23,8 @@ from keras_reg._compat import keras
 from keras_reg.backend import base, rows
 from tests import models
 
-pytestmark = pytest.mark.backends("jax", "torch")
+pytestmark = pytest.mark.backends("tensorflow", "jax", "torch")
+STATELESS = pytest.mark.backends("jax", "torch")
 
 VOCAB, DIM = 50_000, 8
 
@@ -33,6 +37,14 @@ def _adversaries():
         "pgd_no_clean": lambda: keras_reg.PGD(
             "emb", epsilon=0.5, alpha=0.3, steps=2, add_clean_loss=False
         ),
+    }
+
+
+def _weight_perturbations():
+    return {
+        "sam": lambda: keras_reg.SAM(rho=0.05),
+        "asam": lambda: keras_reg.SAM(adaptive=True),
+        "awp": lambda: keras_reg.AWP(gamma=5e-3),
     }
 
 
@@ -94,14 +106,41 @@ def _torch_count(model, x, y):
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
+            # A view of an input (``detach``) is no new memory.
+            given = {
+                leaf.untyped_storage().data_ptr()
+                for leaf in tree_leaves((args, kwargs))
+                if isinstance(leaf, torch.Tensor)
+            }
             for leaf in tree_leaves(out):
                 if isinstance(leaf, torch.Tensor) and leaf.shape == (VOCAB, DIM):
-                    self.count += 1
+                    self.count += leaf.untyped_storage().data_ptr() not in given
             return out
 
     with Counter() as counter:
         model.train_on_batch(x, y)
     return counter.count
+
+
+def _tf_count(model, x, y):
+    """Ops of the traced train step that output a vocabulary x dim tensor.
+
+    A read of the variable (``ReadVariableOp``) is not counted: it is the
+    variable's own buffer, and every step reads it. The reads are checked to
+    be seen, so the count is not vacuous.
+    """
+    import tensorflow as tf
+
+    step = tf.function(model.train_step)
+    graph = step.get_concrete_function((tf.constant(x), tf.constant(y))).graph
+    types = [
+        op.type
+        for op in graph.get_operations()
+        for output in op.outputs
+        if output.shape.as_list() == [VOCAB, DIM]
+    ]
+    assert "ReadVariableOp" in types, "the count sees nothing: a vacuous check"
+    return sum(t != "ReadVariableOp" for t in types)
 
 
 def _matrix_sized(regularizer):
@@ -110,11 +149,14 @@ def _matrix_sized(regularizer):
         keras_reg.install_regularizer(model, regularizer)
     x, y = _batch()
     model.train_on_batch(x, y)  # builds the optimizer; the lookup probe
+    if keras.backend.backend() == "tensorflow":
+        return _tf_count(model, x, y)
     if keras.backend.backend() == "jax":
         return _jax_count(model, x, y)
     return _torch_count(model, x, y)
 
 
+@STATELESS
 @pytest.mark.parametrize("name", ["fgm", "fgm_relative", "pgd_no_clean"])
 def test_no_vocabulary_sized_tensor_beyond_the_plain_step(name):
     plain = _matrix_sized(None)
@@ -122,6 +164,17 @@ def test_no_vocabulary_sized_tensor_beyond_the_plain_step(name):
     assert _matrix_sized(_adversaries()[name]()) <= plain
 
 
+@pytest.mark.parametrize("name", list(_weight_perturbations()))
+def test_weight_perturbation_adds_no_vocabulary_sized_tensor(name):
+    # e(w) of the table is its batch rows, added at the lookup's output.
+    plain = _matrix_sized(None)
+    assert keras.backend.backend() == "tensorflow" or plain > 0, (
+        "the count sees nothing: a vacuous check"
+    )
+    assert _matrix_sized(_weight_perturbations()[name]()) <= plain
+
+
+@STATELESS
 def test_pgd_ascent_steps_add_no_vocabulary_sized_tensor():
     # With the clean term (add_clean_loss=True) the optimizer's gradient of E
     # sums two lookups' gradients (the clean term's and the perturbed pass's),
@@ -151,17 +204,20 @@ def _trained(regularizer, policy):
     return models.get_weights(model)
 
 
+@STATELESS
 @pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
-@pytest.mark.parametrize("name", list(_adversaries()))
+@pytest.mark.parametrize("name", list(_adversaries()) + list(_weight_perturbations()))
 def test_rows_give_the_dense_maths(name, policy, monkeypatch):
-    fast = _trained(_adversaries()[name](), policy)
+    make = {**_adversaries(), **_weight_perturbations()}[name]
+    fast = _trained(make(), policy)
     _generic(monkeypatch)
-    slow = _trained(_adversaries()[name](), policy)
+    slow = _trained(make(), policy)
     tolerance = 1e-5 if policy == "float32" else 2e-3
     for got, want in zip(fast, slow):
         np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
 
 
+@STATELESS
 def test_summed_rows_are_the_dense_gradients_rows():
     rng = np.random.default_rng(3)
     ids = rng.integers(0, 7, (5, 4)).astype("int32")

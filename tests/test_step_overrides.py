@@ -31,6 +31,8 @@ def _regularizers():
         ),
         "parameter_penalty": lambda: keras_reg.ParameterGradientPenalty(0.1),
         "sam": lambda: keras_reg.SAM(rho=0.3),
+        "asam": lambda: keras_reg.SAM(rho=0.5, adaptive=True),
+        "awp": lambda: keras_reg.AWP(gamma=0.2),
         "fgm_relative": lambda: keras_reg.FGM("emb", epsilon=keras_reg.relative(0.3)),
         "freelb_relative": lambda: keras_reg.FreeLB(
             "emb", epsilon=keras_reg.relative(0.3), alpha=keras_reg.relative(0.2)
@@ -57,8 +59,10 @@ GROUPS = {
     "loss_gradient": (("loss_gradient",), ("fgm",)),
     "lookup_rows": (
         ("matrix_gradient", "matrix_loss_gradients"),
-        ("fgm", "pgd", "fgm_relative"),
+        ("fgm", "pgd", "fgm_relative", "sam", "asam", "awp"),
     ),
+    "weight_rows": (("rows_or_dense",), ("sam", "asam", "awp")),
+    "weight_norm": (("frobenius_norm",), ("awp",)),
     "gradient_norm": (("loss_plus_gradient_norm",), ("parameter_penalty",)),
     "recomputed_clean_pass": (
         ("loss_plus", "clean_loss", "clean_output"),

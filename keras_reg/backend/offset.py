@@ -168,11 +168,15 @@ class OffsetStep:
             **kwargs,
         )
 
-    def loss_with_perturbation(self, layer, variable, perturbation, keep_updates=True):
+    def loss_with_perturbation(
+        self, layer, variable, perturbation, keep_updates=True, added=(), frozen=()
+    ):
         del layer
         perturbation = keras.tree.map_structure(keras.ops.stop_gradient, perturbation)
         return self.training_loss(
-            added=[(variable, perturbation)], keep_updates=keep_updates
+            added=[(variable, perturbation), *added],
+            frozen=frozen,
+            keep_updates=keep_updates,
         )
 
     def forward(self, x, training=False, layer=None, transform=None):

@@ -283,11 +283,12 @@ class Step(base.Step):
     def _plain_lookup(self, layer, variable):
         """Whether perturbing the layer's output is perturbing E in every use.
 
-        True when the layer's output is ``E[ids]`` and nothing else reads E in
-        the pass and its loss (a tied output head, an ``embeddings_regularizer``
-        would): found once per layer by a probe pass whose reads of E are
-        counted (`keras_reg.backend.reads`) and whose updates are discarded (on
-        JAX it is traced, then removed by XLA as unused).
+        True when the layer's output is ``E[ids]``, the pass calls the layer
+        and nothing else reads E in the pass and its loss (a tied output head,
+        an ``embeddings_regularizer`` would): found once per layer by a probe
+        pass whose reads of E are counted (`keras_reg.backend.reads`) and whose
+        updates are discarded (on JAX it is traced, then removed by XLA as
+        unused).
         """
         if type(layer).call is not keras.layers.Embedding.call:
             return False
@@ -296,7 +297,7 @@ class Step(base.Step):
             self.pass_loss(
                 keep=False, around=reads.recorded_reads(variable, layer, counts)
             )
-            _ONLY_READ_BY_LOOKUP[layer] = counts.outside == 0
+            _ONLY_READ_BY_LOOKUP[layer] = counts.outside == 0 and counts.inside > 0
         return _ONLY_READ_BY_LOOKUP[layer]
 
 

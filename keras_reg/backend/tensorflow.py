@@ -357,6 +357,16 @@ class Step(base.Step):
             return tf.zeros_like(raw_variable(variable))
         return tf.convert_to_tensor(gradient)
 
+    def frobenius_norm(self, value):
+        if self._xla():  # fused there; l2_loss is not an XLA kernel everywhere
+            return super().frobenius_norm(value)
+        return tf.sqrt(2.0 * tf.nn.l2_loss(tf.cast(value, tf.float32)))
+
+    def rows_or_dense(self, gradient, variable):
+        if isinstance(gradient, tf.IndexedSlices):
+            return self._summed_rows(gradient)
+        return super().rows_or_dense(gradient, variable)
+
     def _replica_context(self):
         """The replica context of a strategy with several replicas, else None."""
         context = tf.distribute.get_replica_context()

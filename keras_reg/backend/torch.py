@@ -262,6 +262,9 @@ class Step(stateless.Step):
         ]
         return value, gradients[0] if single else gradients
 
+    def frobenius_norm(self, value):
+        return torch.linalg.vector_norm(value.to(torch.float32))
+
     def unscaled(self, gradient):
         if gradient is None:
             return None

@@ -284,6 +284,9 @@ class Composition(TrainingRegularizer):
                 pairs[id(layer)] = (layer, previous[1] or lookup)
         return list(pairs.values())
 
+    def row_lookups(self, model):
+        return _unique(x for m in self.regularizers for x in m.row_lookups(model))
+
     def watches_inputs(self, model):
         return any(m.watches_inputs(model) for m in self.regularizers)
 

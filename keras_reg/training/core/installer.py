@@ -161,7 +161,7 @@ class _Installation:
             layers,
             inputs,
             several=several,
-            lookups=[layer for layer, lookup in required if lookup],
+            lookups=self.regularizer.row_lookups(self.model),
         )
         with scope as recorder, recorded_calls(required) as calls:
             self.recorder = recorder

@@ -134,6 +134,19 @@ class TrainingRegularizer(PicklableSeeds, abc.ABC):
         del model
         return []
 
+    def row_lookups(self, model):
+        """Returns the embedding layers whose matrix gradient may be taken as rows.
+
+        The step keeps those layers' lookups (their ids and outputs), so that
+        `keras_reg.backend.base.Step.matrix_gradient` and
+        `~keras_reg.backend.base.Step.matrix_loss_gradients` can give the
+        gradient of a plain lookup's matrix as the batch's rows. Unlike
+        `required_layers`, a layer here that the forward pass does not call
+        is not an error (its gradient is then taken dense). Default: the
+        layers `required_layers` requires as lookups.
+        """
+        return [layer for layer, lookup in self.required_layers(model) if lookup]
+
     def watches_inputs(self, model):
         """Whether the step must record gradients w.r.t. the batch's float inputs.
 

@@ -23,6 +23,7 @@ References:
 
 from keras_reg._compat import keras
 from keras_reg.backend import keras_internals
+from keras_reg.backend import rows as sparse_rows
 from keras_reg.training.core import schedule
 from keras_reg.training.core.export import export, warn_deprecated
 from keras_reg.training.core.regularizer import TrainingRegularizer
@@ -49,18 +50,86 @@ def _float32(value):
     return value if value.dtype == "float32" else ops.cast(value, "float32")
 
 
-def _unscaled_gradients(step, variables):
+def _row_table(model, variables):
+    """Returns ``(layer, matrix)``: the largest embedding matrix in ``variables``.
+
+    Its gradient, the perturbation built from it and the perturbed pass are
+    taken as the batch's rows where the layer is a plain lookup (see
+    `keras_reg.backend.base.Step.matrix_loss_gradients`): at a large
+    vocabulary the table is most of the model. None without an embedding.
+    """
+    found = None
+    for layer in keras_internals.sublayers(model):
+        matrix = getattr(layer, "embeddings", None)
+        if matrix is None or len(matrix.shape) != 2:
+            continue
+        if not any(matrix is v for v in variables):
+            continue
+        if found is None or _size(matrix) > _size(found[1]):
+            found = (layer, matrix)
+    return found
+
+
+def _size(variable):
+    rows, columns = variable.shape
+    return int(rows) * int(columns)
+
+
+def _unscaled_gradients(step, variables, table):
     """The clean gradients, float32, divided by the loss scale (mixed precision).
 
-    Dense, of the global batch (the replicas' shares summed), zeros for a
-    variable the loss does not use; one backward pass for all of them.
+    Of the global batch (the replicas' shares summed), zeros for a variable
+    the loss does not use; one backward pass for all of them. Dense, except
+    a sparse gradient (``table``'s matrix where it is a plain lookup, any
+    `tf.IndexedSlices` on TensorFlow), kept as its summed rows
+    (`keras_reg.backend.rows.SparseRows`).
     """
-    gradients = [
-        step.dense(g, v) if g is None else step.global_sum(step.dense(g, v))
-        for g, v in zip(step.loss_gradients(variables), variables)
-    ]
+    if table is None:
+        taken = step.loss_gradients(variables)
+    else:
+        taken = step.matrix_loss_gradients(table[0], table[1], variables)
     factor = _float32(step.scale_loss(ops.ones((), "float32")))
-    return [_float32(g) / factor for g in gradients]
+
+    def unscaled(gradient):
+        return _float32(gradient) / factor
+
+    return [
+        sparse_rows.map_values(
+            unscaled,
+            step.rows_or_dense(None if g is None else step.global_sum(g), v),
+        )
+        for g, v in zip(taken, variables)
+    ]
+
+
+def _values(tensor):
+    """The values of ``tensor``: its rows' where it is `SparseRows`."""
+    return tensor.values if sparse_rows.is_rows(tensor) else tensor
+
+
+def _like(gradient, values):
+    """``values`` as rows of ``gradient`` where it is `SparseRows`, else as is."""
+    if sparse_rows.is_rows(gradient):
+        return sparse_rows.SparseRows(gradient.rows, values)
+    return values
+
+
+def _perturbed_loss(step, pairs, table, frozen):
+    """The training loss at ``w + e`` for ``(variable, e)`` pairs.
+
+    A table perturbed by rows is added at its lookup's output
+    (`keras_reg.backend.base.Step.loss_with_perturbation`): the pass holds no
+    second ``vocabulary x dim`` matrix.
+    """
+    if table is not None:
+        layer, matrix = table
+        rows = [delta for v, delta in pairs if v is matrix]
+        if rows and sparse_rows.is_rows(rows[0]):
+            others = [(v, delta) for v, delta in pairs if v is not matrix]
+            return step.loss_with_perturbation(
+                layer, matrix, rows[0], added=others, frozen=frozen
+            )
+    return step.training_loss(added=pairs, frozen=frozen)
 
 
 def _batch_norm_statistics(model):
@@ -116,15 +185,22 @@ class _WeightPerturbation(TrainingRegularizer):
     def logged_terms(self):
         return ("sharpness",)
 
+    def row_lookups(self, model):
+        table = _row_table(model, self.watched_variables(model))
+        return [] if table is None else [table[0]]
+
     def regularized_loss(self, step):
         variables = self.watched_variables(step.model)
-        gradients = _unscaled_gradients(step, variables)
-        values = [ops.stop_gradient(_float32(v)) for v in variables]
+        table = _row_table(step.model, variables)
+        gradients = _unscaled_gradients(step, variables, table)
+        # Read where needed only (ASAM: the rows of a table's gradient; AWP:
+        # norms): e(w) is a constant of the perturbed pass either way.
+        values = [_float32(v) for v in variables]
         deltas = self.perturbations(variables, values, gradients, step)
         frozen = [] if self.update_batch_norm else _batch_norm_statistics(step.model)
         # One more pass at w + e(w), the weights' own values kept bit for bit.
-        perturbed = step.training_loss(
-            added=list(zip(variables, deltas)), frozen=frozen
+        perturbed = _perturbed_loss(
+            step, list(zip(variables, deltas)), table, frozen
         )
         step.log("sharpness", _float32(perturbed) - _float32(step.clean_loss()))
         return perturbed
@@ -134,8 +210,11 @@ class _WeightPerturbation(TrainingRegularizer):
 
         Args:
             variables: The perturbed variables.
-            values: The variables' current values (float32 constants).
-            gradients: dL/dw at those values (float32, unscaled).
+            values: The variables' current values (float32; e(w) is taken
+                as a constant).
+            gradients: dL/dw at those values (float32, unscaled; the nonzero
+                rows of a sparse one as `keras_reg.backend.rows.SparseRows`,
+                whose e(w) is then rows too).
             step: The `keras_reg.backend.base.Step` in progress (for the
                 current value of a scheduled strength).
         """
@@ -144,7 +223,11 @@ class _WeightPerturbation(TrainingRegularizer):
 
 def _no_nan(condition, values):
     """``values`` where ``condition`` holds, else zeros (no perturbation)."""
-    return [ops.where(condition, v, ops.zeros_like(v)) for v in values]
+
+    def kept(value):
+        return ops.where(condition, value, ops.zeros_like(value))
+
+    return [sparse_rows.map_values(kept, v) for v in values]
 
 
 @export("sharpness_aware_minimization")
@@ -202,23 +285,27 @@ class SAM(_WeightPerturbation):
 
     def perturbations(self, variables, values, gradients, step):
         rho = schedule.current(step, self.rho)
-        if self.adaptive:
-            scales = [
-                ops.ones_like(w)
-                if _short_name(v) in _OFFSETS
-                else ops.abs(w) + self.eta
-                for v, w in zip(variables, values)
-            ]
-        else:
-            scales = [None] * len(values)
-        scaled = [g if t is None else t * g for g, t in zip(gradients, scales)]
+        scales = [self._scale(v, w, g) for v, w, g in zip(variables, values, gradients)]
+        scaled = [
+            _values(g) if t is None else t * _values(g)
+            for g, t in zip(gradients, scales)
+        ]
         norm = ops.sqrt(sum(ops.sum(ops.square(s)) for s in scaled))
         usable = ops.logical_and(ops.isfinite(norm), norm > 0)
         factor = ops.divide_no_nan(ops.cast(rho, "float32"), norm)
         deltas = [
-            (s if t is None else t * s) * factor for s, t in zip(scaled, scales)
+            _like(g, (s if t is None else t * s) * factor)
+            for g, s, t in zip(gradients, scaled, scales)
         ]
         return _no_nan(usable, deltas)
+
+    def _scale(self, variable, value, gradient):
+        """ASAM's T = |w| + eta where the gradient is (None: T = 1)."""
+        if not self.adaptive or _short_name(variable) in _OFFSETS:
+            return None
+        if sparse_rows.is_rows(gradient):
+            value = sparse_rows.matrix_rows(value, gradient.rows)
+        return ops.stop_gradient(ops.abs(value)) + self.eta
 
     def get_config(self):
         return {
@@ -317,13 +404,13 @@ class AWP(_WeightPerturbation):
     def perturbations(self, variables, values, gradients, step):
         del variables
         gamma = schedule.current(step, self.gamma)
-        squares = [ops.sum(ops.square(g)) for g in gradients]
+        squares = [ops.sum(ops.square(_values(g))) for g in gradients]
         usable = ops.isfinite(sum(squares))
         deltas = []
         for w, g, square in zip(values, gradients, squares):
             norm = ops.sqrt(square)
-            size = ops.sqrt(ops.sum(ops.square(w))) * gamma
-            deltas.append(g * ops.divide_no_nan(size, norm))
+            size = ops.stop_gradient(step.frobenius_norm(w)) * gamma
+            deltas.append(_like(g, _values(g) * ops.divide_no_nan(size, norm)))
         return _no_nan(usable, deltas)
 
     def get_config(self):
