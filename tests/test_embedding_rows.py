@@ -1,16 +1,16 @@
-"""On JAX and PyTorch the adversaries, SAM and AWP hold the table's gradient as rows.
+"""On JAX and PyTorch the adversaries, SAM, AWP and the row penalty take rows.
 
 The framework's gradient of an embedding lookup is a dense ``vocabulary x
-dim`` matrix there; FGM's and PGD's directions, and the table's part of SAM's,
-ASAM's and AWP's e(w), are taken instead from the gradient with respect to the
-lookup's output, summed per id (`keras_reg.backend.rows`). At a vocabulary of
-50,000 the step must then create no ``vocabulary x dim`` tensor beyond the
-plain step's (the weights' gradient and update): counted in the jitted step's
-jaxpr on JAX, and over the ops the step runs (a dispatch mode) on PyTorch.
-On TensorFlow, whose gradient of a lookup is sparse already, SAM's and AWP's
-traced step must hold no such tensor but the variable's reads. The rows path
-must also give
-the dense path's numbers (repeated ids, mixed precision; the generic path is
+dim`` matrix there; FGM's and PGD's directions, the table's part of SAM's,
+ASAM's and AWP's e(w), and the gradient the row penalty squares are taken
+instead from the gradient with respect to the lookup's output, summed per id
+(`keras_reg.backend.rows`). At a vocabulary of 50,000 the step must then
+create no ``vocabulary x dim`` tensor beyond the plain step's (the weights'
+gradient and update): counted in the jitted step's jaxpr on JAX, and over the
+ops the step runs (a dispatch mode) on PyTorch. On TensorFlow, whose gradient
+of a lookup is sparse already, SAM's and AWP's traced step must hold no such
+tensor but the variable's reads. The rows path must also give the dense
+path's numbers (repeated ids, mixed precision; the generic path is
 `base.Step`'s, see also tests/test_step_overrides.py).
 """
 
@@ -38,6 +38,10 @@ def _adversaries():
             "emb", epsilon=0.5, alpha=0.3, steps=2, add_clean_loss=False
         ),
     }
+
+
+def _row_penalty():
+    return keras_reg.GradientPenalty("emb", weight=5.0, per="row")
 
 
 def _weight_perturbations():
@@ -175,6 +179,15 @@ def test_weight_perturbation_adds_no_vocabulary_sized_tensor(name):
 
 
 @STATELESS
+def test_a_penalty_on_the_tables_gradient_adds_no_vocabulary_sized_tensor():
+    # The penalty differentiates the rows of the lookup's gradient, not the
+    # dense gradient of the table (double backprop through a scatter).
+    plain = _matrix_sized(None)
+    assert plain > 0, "the count sees nothing: a vacuous check"
+    assert _matrix_sized(_row_penalty()) <= plain
+
+
+@STATELESS
 def test_pgd_ascent_steps_add_no_vocabulary_sized_tensor():
     # With the clean term (add_clean_loss=True) the optimizer's gradient of E
     # sums two lookups' gradients (the clean term's and the perturbed pass's),
@@ -190,7 +203,7 @@ def test_pgd_ascent_steps_add_no_vocabulary_sized_tensor():
 def _generic(monkeypatch):
     """Replaces the rows path with `base.Step`'s (the dense matrix gradient)."""
     step_class = backend.for_model(models.build("functional")).Step
-    for name in ("matrix_gradient", "matrix_loss_gradients"):
+    for name in ("matrix_gradient", "matrix_loss_gradients", "matrix_penalty_gradient"):
         monkeypatch.setattr(step_class, name, getattr(base.Step, name))
 
 
@@ -206,9 +219,13 @@ def _trained(regularizer, policy):
 
 @STATELESS
 @pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
-@pytest.mark.parametrize("name", list(_adversaries()) + list(_weight_perturbations()))
+@pytest.mark.parametrize(
+    "name", [*_adversaries(), *_weight_perturbations(), "row_penalty"]
+)
 def test_rows_give_the_dense_maths(name, policy, monkeypatch):
-    make = {**_adversaries(), **_weight_perturbations()}[name]
+    make = {**_adversaries(), **_weight_perturbations(), "row_penalty": _row_penalty}[
+        name
+    ]
     fast = _trained(make(), policy)
     _generic(monkeypatch)
     slow = _trained(make(), policy)

@@ -58,8 +58,8 @@ GROUPS = {
     "plain_lookup": (("_plain_lookup",), ("pgd", "free_fgm")),
     "loss_gradient": (("loss_gradient",), ("fgm",)),
     "lookup_rows": (
-        ("matrix_gradient", "matrix_loss_gradients"),
-        ("fgm", "pgd", "fgm_relative", "sam", "asam", "awp"),
+        ("matrix_gradient", "matrix_loss_gradients", "matrix_penalty_gradient"),
+        ("fgm", "pgd", "fgm_relative", "sam", "asam", "awp", "matrix_penalty"),
     ),
     "weight_rows": (("rows_or_dense",), ("sam", "asam", "awp")),
     "weight_norm": (("frobenius_norm",), ("awp",)),

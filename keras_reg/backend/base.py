@@ -39,6 +39,7 @@ Composites (concrete, over the primitives) and their overrides:
     matrix_loss_gradients     value_and_gradient,       d loss / d its output,
                               loss_gradients            summed per id: SparseRows)
     penalty_gradients         loss_gradients, unscaled  -
+    matrix_penalty_gradient   penalty_gradients         JAX, torch (as matrix_gradient)
     loss_with_perturbation    training_loss             _plain_lookup / _rows (TF,
                                                         JAX, torch: E[ids] + d[ids])
     loss_plus_gradient_norm   penalty_gradients,        JAX (forward over reverse)
@@ -415,6 +416,23 @@ class Step(abc.ABC):
         """
         del layer, variable
         return self.loss_gradients(variables)
+
+    def matrix_penalty_gradient(self, layer, variable):
+        """Returns dL/dE of the global batch, differentiable, E an embedding matrix.
+
+        `penalty_gradients` of one matrix, for a penalty on it (double
+        backprop); as rows where the backend takes them so: on JAX and
+        PyTorch, where ``layer`` is a plain lookup, the differentiable
+        gradients at the lookup's outputs summed per id (`SparseRows`, see
+        `matrix_gradient`), without a ``vocabulary x dim`` tensor.
+
+        Args:
+            layer: The embedding layer owning ``variable``.
+            variable: Its matrix, a variable the regulariser declared as
+                watched.
+        """
+        del layer
+        return self.penalty_gradients([variable])[0]
 
     def penalty_gradients(self, variables):
         """Returns dL/dv of the global batch for each variable, differentiable.

@@ -259,6 +259,11 @@ class Step(stateless.Step):
         self._keep_clean_pass(value)
         return [self.unscaled(g) for g in gradients]
 
+    def _penalty_lookup_gradients(self, layer):
+        value, _, ids, (gradients, _) = self._lookup_pass(layer)
+        self._keep_clean_pass(value)
+        return ids, [self.unscaled(g) for g in gradients]
+
     def _clean_lookup_gradients(self, layer, variables=()):
         scaled, y_pred, ids, gradients = self._lookup_pass(layer, variables=variables)
         self._keep_clean_pass(scaled, y_pred)

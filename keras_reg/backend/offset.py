@@ -148,6 +148,9 @@ class OffsetStep:
     def penalty_gradients(self, variables):
         return base.Step.penalty_gradients(self, variables)
 
+    def matrix_penalty_gradient(self, layer, variable):
+        return base.Step.matrix_penalty_gradient(self, layer, variable)
+
     def loss_plus_gradient_norm(self, variables, weight):
         return base.Step.loss_plus_gradient_norm(self, variables, weight)
 

@@ -242,6 +242,29 @@ class Step(base.Step):
         remaining = iter(remaining)
         return [summed if v is variable else next(remaining) for v in variables]
 
+    def matrix_penalty_gradient(self, layer, variable):
+        """`base.Step.matrix_penalty_gradient`: rows where the layer is a plain lookup.
+
+        The differentiable gradients at the lookup's outputs of the clean pass,
+        summed per id: the dense gradient's non-zero rows (see
+        `matrix_gradient`), a penalty on them differentiated through the
+        per-occurrence gradients.
+        """
+        taken = None
+        if self._plain_lookup(layer, variable):
+            taken = self._penalty_lookup_gradients(layer)
+        if taken is None:
+            return super().matrix_penalty_gradient(layer, variable)
+        return self.global_sum(sparse_rows.summed(*taken))
+
+    def _penalty_lookup_gradients(self, layer):
+        """``(ids, gradients)``: d (clean loss) / d each lookup output, differentiable.
+
+        Unscaled (see `penalty_gradients`); None where the backend did not
+        record the lookups.
+        """
+        return None
+
     def _clean_lookup_gradients(self, layer, variables=()):
         """Returns d (scaled clean loss) / d each lookup output (and ``variables``).
 

@@ -204,6 +204,17 @@ class Step(stateless.Step):
             return ids, at_outputs
         return ids, at_outputs, gradients[len(outputs) :]
 
+    def _penalty_lookup_gradients(self, layer):
+        lookups = self._recorder.lookups.get(id(layer))
+        if not lookups:
+            return None
+        gradients = self._differentiable([output for _, output in lookups])
+        at_outputs = [
+            torch.zeros_like(o) if g is None else g
+            for g, (_, o) in zip(gradients, lookups)
+        ]
+        return [ids for ids, _ in lookups], at_outputs
+
     def lookup_outputs(self, layer):
         self.lookup_shapes(layer)  # a clear error without a lookup
         return [o.detach() for o in self._recorder.outputs[id(layer)]]

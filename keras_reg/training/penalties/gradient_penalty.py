@@ -98,9 +98,10 @@ class GradientPenalty(TrainingRegularizer):
             gradients = step.output_gradients(layer)
             squared = step.global_sum(sum(step.squared_norm(g) for g in gradients))
         else:
-            # The matrix gradient of the global loss (summed over replicas).
-            gradients = step.penalty_gradients([embedding_matrix(layer)])
-            squared = sum(step.squared_norm(g) for g in gradients)
+            # The matrix gradient of the global loss (summed over replicas),
+            # as the batch's rows where the backend takes it so.
+            gradient = step.matrix_penalty_gradient(layer, embedding_matrix(layer))
+            squared = step.squared_norm(gradient)
         penalty = squared * schedule.current(step, self.weight) * 0.5
         step.log("gradient_penalty", penalty)
         return step.loss_plus(penalty)
