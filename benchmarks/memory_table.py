@@ -100,8 +100,8 @@ class PeakSampler(threading.Thread):
             time.sleep(0.001)
 
 
-def child(name, jit_compile, vocab, steps):
-    """Runs one cell in this process; prints its JSON result as the last line."""
+def built(name, jit_compile, vocab):
+    """Returns ``(model, x, y)``: the cell's compiled model, ``name`` installed."""
     import numpy as np
 
     import keras_reg
@@ -126,6 +126,12 @@ def child(name, jit_compile, vocab, steps):
     factory = _regularizers(keras_reg, unlabeled)[name]
     if factory is not None:
         keras_reg.install_regularizer(model, factory())
+    return model, x, y
+
+
+def child(name, jit_compile, vocab, steps):
+    """Runs one cell in this process; prints its JSON result as the last line."""
+    model, x, y = built(name, jit_compile, vocab)
     for _ in range(5):
         model.train_on_batch(x, y)
     before = rss_mb()
