@@ -1,9 +1,10 @@
-"""On JAX and PyTorch the adversaries, SAM, AWP and the row penalty take rows.
+"""On JAX and PyTorch the adversaries, SAM, AWP and the penalties take rows.
 
 The framework's gradient of an embedding lookup is a dense ``vocabulary x
 dim`` matrix there; FGM's and PGD's directions, the table's part of SAM's,
-ASAM's and AWP's e(w), and the gradient the row penalty squares are taken
-instead from the gradient with respect to the lookup's output, summed per id
+ASAM's and AWP's e(w), the gradient the row penalty squares and (JAX) the
+table's part of the parameter penalty's gradient and tangent are taken instead
+from the gradient with respect to the lookup's output, summed per id
 (`keras_reg.backend.rows`). At a vocabulary of 50,000 the step must then
 create no ``vocabulary x dim`` tensor beyond the plain step's (the weights'
 gradient and update): counted in the jitted step's jaxpr on JAX, and over the
@@ -42,6 +43,10 @@ def _adversaries():
 
 def _row_penalty():
     return keras_reg.GradientPenalty("emb", weight=5.0, per="row")
+
+
+def _parameter_penalty():
+    return keras_reg.ParameterGradientPenalty(0.5)
 
 
 def _weight_perturbations():
@@ -187,6 +192,15 @@ def test_a_penalty_on_the_tables_gradient_adds_no_vocabulary_sized_tensor():
     assert _matrix_sized(_row_penalty()) <= plain
 
 
+@pytest.mark.backends("jax")
+def test_the_parameter_penalty_adds_no_vocabulary_sized_tensor():
+    # The table's gradient and its Hessian-vector product's tangent are taken
+    # at the lookup's output (forward over reverse), as rows.
+    plain = _matrix_sized(None)
+    assert plain > 0, "the count sees nothing: a vacuous check"
+    assert _matrix_sized(_parameter_penalty()) <= plain
+
+
 @STATELESS
 def test_pgd_ascent_steps_add_no_vocabulary_sized_tensor():
     # With the clean term (add_clean_loss=True) the optimizer's gradient of E
@@ -205,6 +219,10 @@ def _generic(monkeypatch):
     step_class = backend.for_model(models.build("functional")).Step
     for name in ("matrix_gradient", "matrix_loss_gradients", "matrix_penalty_gradient"):
         monkeypatch.setattr(step_class, name, getattr(base.Step, name))
+    if hasattr(step_class, "_gradient_norm_by_rows"):  # JAX's parameter penalty
+        monkeypatch.setattr(
+            step_class, "_plain_lookup", lambda self, layer, variable: False
+        )
 
 
 def _trained(regularizer, policy):
@@ -220,12 +238,16 @@ def _trained(regularizer, policy):
 @STATELESS
 @pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
 @pytest.mark.parametrize(
-    "name", [*_adversaries(), *_weight_perturbations(), "row_penalty"]
+    "name",
+    [*_adversaries(), *_weight_perturbations(), "row_penalty", "parameter_penalty"],
 )
 def test_rows_give_the_dense_maths(name, policy, monkeypatch):
-    make = {**_adversaries(), **_weight_perturbations(), "row_penalty": _row_penalty}[
-        name
-    ]
+    make = {
+        **_adversaries(),
+        **_weight_perturbations(),
+        "row_penalty": _row_penalty,
+        "parameter_penalty": _parameter_penalty,
+    }[name]
     fast = _trained(make(), policy)
     _generic(monkeypatch)
     slow = _trained(make(), policy)

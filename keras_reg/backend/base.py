@@ -723,7 +723,7 @@ class Step(abc.ABC):
             raise ValueError(NO_LOOKUP.format(name=layer.name))
         return outputs
 
-    def loss_plus_gradient_norm(self, variables, weight):
+    def loss_plus_gradient_norm(self, variables, weight, table=None):
         """Returns ``(L + weight * ||dL/dv||^2, penalty)``, double backprop included.
 
         The loss the optimizer should differentiate: its gradient with respect
@@ -737,6 +737,9 @@ class Step(abc.ABC):
             variables: Trainable variables whose gradient's squared norm is
                 the penalty.
             weight: The penalty's factor (a Python float).
+            table: None, or ``(layer, matrix)``: an embedding among the
+                trainable variables whose gradient a backend may take as the
+                batch's rows where the layer is a plain lookup (JAX).
 
         Returns:
             ``(loss, penalty)``: the loss to optimize and the penalty's value

@@ -183,7 +183,7 @@ class Step(stateless.Step):
             )
         )
 
-    def loss_plus_gradient_norm(self, variables, weight):
+    def loss_plus_gradient_norm(self, variables, weight, table=None):
         """Forward over reverse: ``H v`` as the JVP of the gradient, then `linear_loss`.
 
         The gradient g = dL/dw of every trainable weight is linearised
@@ -200,6 +200,12 @@ class Step(stateless.Step):
         chosen = {id(v) for v in variables}
         if not chosen <= {id(v) for v in trainable}:
             return super().loss_plus_gradient_norm(variables, weight)
+        if (
+            table is not None
+            and any(v is table[1] for v in trainable)
+            and self._plain_lookup(*table)
+        ):
+            return self._gradient_norm_by_rows(variables, weight, *table)
         start = self._start_values()
 
         def scaled_gradients(values):
@@ -229,6 +235,102 @@ class Step(stateless.Step):
         total = [g + (2.0 * weight) * h for g, h in zip(gradients, products)]
         value = keras.ops.cast(loss, "float32") + penalty
         return self.linear_loss(value, trainable, total), penalty
+
+    def _gradient_norm_by_rows(self, variables, weight, layer, matrix):
+        """`loss_plus_gradient_norm` with the table's gradient and tangent as rows.
+
+        The clean pass is linearised with respect to the other trainable
+        weights and to a zero offset added at each of ``layer``'s lookup
+        outputs, not the matrix: E enters the loss only through ``E[ids]``,
+        so dL/dE is the offsets' gradients summed per id, and the
+        Hessian-vector product's E part is the offsets' tangent output summed
+        per id, with the tangent ``v_E[ids]`` on the offsets. The same
+        numbers as the dense form, without a ``vocabulary x dim`` gradient
+        or tangent (the optimizer's gradient of E comes from `linear_loss`).
+        """
+        others = [v for v in self.model.trainable_variables if v is not matrix]
+        chosen = {id(v) for v in variables}
+        start = self._start_values()
+        shapes = self._abstract_lookups(layer, start)
+
+        def scaled_gradients(given):
+            def scaled_loss(given):
+                offsets, values = given
+                pending, ids = list(offsets), []
+
+                def add(output, inputs):
+                    if not base.is_lookup(output, inputs):
+                        return output
+                    ids.append(inputs)
+                    return output + pending.pop(0)
+
+                y_pred, loss = self.pass_loss(
+                    values=list(zip(others, values)),
+                    start=start,
+                    keep=False,
+                    layer=layer,
+                    transform=add,
+                    output="both",
+                )
+                return self.scale_loss(loss), (loss, y_pred, ids)
+
+            return jax.grad(scaled_loss, has_aux=True)(given)
+
+        zeros = [jax.numpy.zeros(s.shape, s.dtype) for s in shapes]
+        values = [jax.lax.stop_gradient(v.value) for v in others]
+        (at_outputs, scaled), product, (loss, y_pred, ids) = jax.linearize(
+            scaled_gradients, (zeros, values), has_aux=True
+        )
+        self._keep_clean_pass(None, y_pred)
+        rows = sparse_rows.summed(ids, [self.unscaled(g) for g in at_outputs])
+        gradients = [self.unscaled(g) for g in scaled]
+        direction_rows = rows if id(matrix) in chosen else rows._replace(
+            values=jax.numpy.zeros_like(rows.values)
+        )
+        direction = [
+            g if id(v) in chosen else jax.numpy.zeros_like(g)
+            for v, g in zip(others, gradients)
+        ]
+        # As `base.finite_or_zero`: a non-finite gradient adds no penalty.
+        squares = self.squared_norm(direction_rows) + sum(
+            (self.squared_norm(g) for g in direction), jax.numpy.zeros(())
+        )
+        usable = jax.numpy.isfinite(squares)
+        direction_rows = direction_rows._replace(
+            values=jax.numpy.where(usable, direction_rows.values, 0.0)
+        )
+        direction = [jax.numpy.where(usable, g, 0.0) for g in direction]
+        tangents = [
+            sparse_rows.lookup(direction_rows, i).astype(z.dtype)
+            for i, z in zip(ids, zeros)
+        ]
+        at_outputs_h, products = product((tangents, direction))
+        rows_h = sparse_rows.summed(ids, [self.unscaled(h) for h in at_outputs_h])
+        penalty = weight * jax.numpy.where(usable, squares, 0.0)
+        total_rows = rows._replace(values=rows.values + (2.0 * weight) * rows_h.values)
+        total = [
+            g + (2.0 * weight) * self.unscaled(h) for g, h in zip(gradients, products)
+        ]
+        value = keras.ops.cast(loss, "float32") + penalty
+        return self.linear_loss(value, [matrix, *others], [total_rows, *total]), penalty
+
+    def _abstract_lookups(self, layer, start):
+        """The shapes and dtypes of ``layer``'s lookup outputs (an abstract pass)."""
+        lookups = []
+
+        def record(output, inputs):
+            if base.is_lookup(output, inputs):
+                lookups.append(jax.ShapeDtypeStruct(output.shape, output.dtype))
+            return output
+
+        jax.eval_shape(
+            lambda: self.pass_loss(
+                start=start, keep=False, layer=layer, transform=record
+            )
+        )
+        if not lookups:
+            raise ValueError(base.NO_LOOKUP.format(name=layer.name))
+        return lookups
 
     def _scaled_value_and_gradients(self, variables):
         """The clean pass recomputed (same mask): scaled loss, d it / d v.
@@ -286,21 +388,7 @@ class Step(stateless.Step):
             output and to each of ``variables``.
         """
         start = self._start_values()
-        lookups = []
-
-        def record(output, inputs):
-            if base.is_lookup(output, inputs):
-                lookups.append(jax.ShapeDtypeStruct(output.shape, output.dtype))
-            return output
-
-        # The shapes of the layer's outputs, from an abstract pass.
-        jax.eval_shape(
-            lambda: self.pass_loss(
-                start=start, keep=False, layer=layer, transform=record
-            )
-        )
-        if not lookups:
-            raise ValueError(base.NO_LOOKUP.format(name=layer.name))
+        lookups = self._abstract_lookups(layer, start)
 
         def objective(given):
             deltas, values = given

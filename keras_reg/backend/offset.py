@@ -151,8 +151,8 @@ class OffsetStep:
     def matrix_penalty_gradient(self, layer, variable):
         return base.Step.matrix_penalty_gradient(self, layer, variable)
 
-    def loss_plus_gradient_norm(self, variables, weight):
-        return base.Step.loss_plus_gradient_norm(self, variables, weight)
+    def loss_plus_gradient_norm(self, variables, weight, table=None):
+        return base.Step.loss_plus_gradient_norm(self, variables, weight, table)
 
     def output_gradients(self, layer, of=None):
         raise ValueError(_UNAVAILABLE.format(what=f"The gradient at {layer.name!r}"))

@@ -104,3 +104,33 @@ def embedding_matrix(layer, listing=None):
             "Pass the name of an embedding layer."
         )
     return matrix
+
+
+def largest_embedding(model, variables):
+    """Returns ``(layer, matrix)``: the largest embedding matrix in ``variables``.
+
+    For a method over every weight (SAM, AWP, the parameter penalty): where the
+    layer is a plain lookup, the backend takes the matrix's gradient, and what
+    is built from it, as the batch's rows (see
+    `keras_reg.backend.base.Step.matrix_loss_gradients`); at a large
+    vocabulary the table is most of the model. None without an embedding.
+
+    Args:
+        model: A Keras 3 or tf_keras model.
+        variables: The variables the method works on.
+    """
+    found = None
+    for layer in keras_internals.sublayers(model):
+        matrix = getattr(layer, "embeddings", None)
+        if matrix is None or len(matrix.shape) != 2:
+            continue
+        if not any(matrix is v for v in variables):
+            continue
+        if found is None or _size(matrix) > _size(found[1]):
+            found = (layer, matrix)
+    return found
+
+
+def _size(variable):
+    rows, columns = variable.shape
+    return int(rows) * int(columns)

@@ -16,7 +16,11 @@ References:
 
 from keras_reg._compat import keras
 from keras_reg.training.core import projection, schedule
-from keras_reg.training.core.embedding import embedding_matrix, find_embedding_layer
+from keras_reg.training.core.embedding import (
+    embedding_matrix,
+    find_embedding_layer,
+    largest_embedding,
+)
 from keras_reg.training.core.export import export
 from keras_reg.training.core.regularizer import TrainingRegularizer
 from keras_reg.validation import (
@@ -180,10 +184,15 @@ class ParameterGradientPenalty(TrainingRegularizer):
             return []
         return [(model.get_layer(name), False) for name in self.layers]
 
+    def row_lookups(self, model):
+        table = largest_embedding(model, list(model.trainable_variables))
+        return [] if table is None else [table[0]]
+
     def regularized_loss(self, step):
         variables = self.watched_variables(step.model)
         weight = schedule.current(step, self.weight)
-        loss, penalty = step.loss_plus_gradient_norm(variables, weight)
+        table = largest_embedding(step.model, list(step.model.trainable_variables))
+        loss, penalty = step.loss_plus_gradient_norm(variables, weight, table=table)
         step.log("gradient_penalty", penalty)
         return loss
 

@@ -25,6 +25,7 @@ from keras_reg._compat import keras
 from keras_reg.backend import keras_internals
 from keras_reg.backend import rows as sparse_rows
 from keras_reg.training.core import schedule
+from keras_reg.training.core.embedding import largest_embedding
 from keras_reg.training.core.export import export, warn_deprecated
 from keras_reg.training.core.regularizer import TrainingRegularizer
 from keras_reg.validation import (
@@ -48,31 +49,6 @@ def _short_name(variable):
 def _float32(value):
     value = ops.convert_to_tensor(value)
     return value if value.dtype == "float32" else ops.cast(value, "float32")
-
-
-def _row_table(model, variables):
-    """Returns ``(layer, matrix)``: the largest embedding matrix in ``variables``.
-
-    Its gradient, the perturbation built from it and the perturbed pass are
-    taken as the batch's rows where the layer is a plain lookup (see
-    `keras_reg.backend.base.Step.matrix_loss_gradients`): at a large
-    vocabulary the table is most of the model. None without an embedding.
-    """
-    found = None
-    for layer in keras_internals.sublayers(model):
-        matrix = getattr(layer, "embeddings", None)
-        if matrix is None or len(matrix.shape) != 2:
-            continue
-        if not any(matrix is v for v in variables):
-            continue
-        if found is None or _size(matrix) > _size(found[1]):
-            found = (layer, matrix)
-    return found
-
-
-def _size(variable):
-    rows, columns = variable.shape
-    return int(rows) * int(columns)
 
 
 def _unscaled_gradients(step, variables, table):
@@ -186,12 +162,12 @@ class _WeightPerturbation(TrainingRegularizer):
         return ("sharpness",)
 
     def row_lookups(self, model):
-        table = _row_table(model, self.watched_variables(model))
+        table = largest_embedding(model, self.watched_variables(model))
         return [] if table is None else [table[0]]
 
     def regularized_loss(self, step):
         variables = self.watched_variables(step.model)
-        table = _row_table(step.model, variables)
+        table = largest_embedding(step.model, variables)
         gradients = _unscaled_gradients(step, variables, table)
         # Read where needed only (ASAM: the rows of a table's gradient; AWP:
         # norms): e(w) is a constant of the perturbed pass either way.
