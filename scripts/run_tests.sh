@@ -8,7 +8,8 @@
 # in a virtual environment of its own, the wheel is built and checked there
 # (scripts/check_wheel.py), and the suites that the oldest stack adds run there:
 # the conformance and cross-backend suites and the Keras-internals checks on
-# TensorFlow and JAX, and the tf_keras suite. Exits non-zero if any suite fails.
+# TensorFlow and JAX, and the tf_keras suite (the conformance checks that go
+# through the frameworks: see oldest_deselect). Exits non-zero if any suite fails.
 # Usage: bash scripts/run_tests.sh [extra pytest arguments]
 # KERAS_REG_OLDEST_VENV: where the oldest stack's environment lives (default: a
 # cache directory named after requirements-oldest.txt's hash, reused when there).
