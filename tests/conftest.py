@@ -5,6 +5,7 @@ where bert4keras must be imported before anything imports Keras 3, as a
 bert4keras user would; this file then leaves Keras 3 alone.
 """
 
+import gc
 import os
 
 import numpy as np
@@ -36,6 +37,31 @@ def pytest_configure(config):
         "markers",
         "backends(*names, reason=None): run only on these Keras 3 backends",
     )
+
+
+# Every test ends with ``clear_session()``, whose ``gc.collect()`` walks every
+# object the garbage collector tracks: the hundreds of thousands TensorFlow,
+# JAX or PyTorch create at import and first use, a few tenths of a second a
+# test. What survives a test is frozen (left out of later collections) after
+# it; every FULL_COLLECTION_EVERY tests everything is unfrozen and collected
+# once, so a cycle that became garbage after it was frozen is still freed.
+FULL_COLLECTION_EVERY = 50
+_finished = [0]
+
+
+def pytest_collection_finish(session):
+    gc.collect()
+    gc.freeze()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    yield
+    _finished[0] += 1
+    if _finished[0] % FULL_COLLECTION_EVERY == 0:
+        gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 @pytest.fixture(autouse=True)

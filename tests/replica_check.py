@@ -16,6 +16,7 @@ same global batches (or the error the 2-replica run raised).
 """
 
 import contextlib
+import gc
 import json
 import os
 import sys
@@ -302,6 +303,9 @@ def main(mode, names):
         except Exception:  # noqa: BLE001  (reported to the test, which fails)
             results[name] = traceback.format_exc()
         keras.backend.clear_session()
+        # What survives a case (the framework's objects) stays out of the next
+        # case's collection.
+        gc.freeze()
     print("RESULTS " + json.dumps(results), flush=True)
 
 
