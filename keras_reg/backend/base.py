@@ -106,6 +106,8 @@ def finite_or_zero(step, gradients):
     def masked(gradient):
         if gradient is None:
             return None
+        if sparse_rows.is_rows(gradient):
+            return sparse_rows.map_values(lambda v: ops.where(usable, v, 0.0), gradient)
         if hasattr(gradient, "dense_shape"):  # tf.IndexedSlices
             values = ops.where(usable, gradient.values, 0)
             return type(gradient)(values, gradient.indices, gradient.dense_shape)

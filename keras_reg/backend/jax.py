@@ -291,22 +291,18 @@ class Step(stateless.Step):
             g if id(v) in chosen else jax.numpy.zeros_like(g)
             for v, g in zip(others, gradients)
         ]
-        # As `base.finite_or_zero`: a non-finite gradient adds no penalty.
-        squares = self.squared_norm(direction_rows) + sum(
-            (self.squared_norm(g) for g in direction), jax.numpy.zeros(())
+        direction_rows, *direction = base.finite_or_zero(
+            self, [direction_rows, *direction]
         )
-        usable = jax.numpy.isfinite(squares)
-        direction_rows = direction_rows._replace(
-            values=jax.numpy.where(usable, direction_rows.values, 0.0)
-        )
-        direction = [jax.numpy.where(usable, g, 0.0) for g in direction]
         tangents = [
             sparse_rows.lookup(direction_rows, i).astype(z.dtype)
             for i, z in zip(ids, zeros)
         ]
         at_outputs_h, products = product((tangents, direction))
         rows_h = sparse_rows.summed(ids, [self.unscaled(h) for h in at_outputs_h])
-        penalty = weight * jax.numpy.where(usable, squares, 0.0)
+        penalty = weight * sum(
+            self.squared_norm(g) for g in [direction_rows, *direction]
+        )
         total_rows = rows._replace(values=rows.values + (2.0 * weight) * rows_h.values)
         total = [
             g + (2.0 * weight) * self.unscaled(h) for g, h in zip(gradients, products)
