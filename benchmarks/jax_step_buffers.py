@@ -29,17 +29,13 @@ def temporaries_mb(name, vocab):
     """XLA's temporary buffers of the jitted train step, in MB."""
     import jax
 
+    from benchmarks import xla_cost  # imports jax
+
     model, x, y = memory_table.built(name, True, vocab)
     model.train_on_batch(x, y)  # the optimizer's slots; the lookup probes
-    state = (
-        [v.value for v in model.trainable_variables],
-        [v.value for v in model.non_trainable_variables],
-        [v.value for v in model.optimizer.variables],
-        [v.value for v in model.metrics_variables],
-    )
-    data = (jax.numpy.asarray(x), jax.numpy.asarray(y))
     step = jax.jit(model.train_step, donate_argnums=0)
-    analysis = step.lower(state, data).compile().memory_analysis()
+    arguments = xla_cost.train_step_arguments(model, x, y)
+    analysis = step.lower(*arguments).compile().memory_analysis()
     return analysis.temp_size_in_bytes / 2**20
 
 

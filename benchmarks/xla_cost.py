@@ -11,6 +11,22 @@ import re
 import jax
 
 
+def train_step_arguments(model, x, y):
+    """Returns ``(state, data)``: the arguments of Keras's JAX ``train_step``.
+
+    The model's trainable, non-trainable, optimizer and metrics values, and
+    the batch. The model must have run one step already (so that the
+    optimizer's and metrics' variables exist).
+    """
+    state = (
+        [v.value for v in model.trainable_variables],
+        [v.value for v in model.non_trainable_variables],
+        [v.value for v in model.optimizer.variables],
+        [v.value for v in model.metrics_variables],
+    )
+    return state, (jax.numpy.asarray(x), jax.numpy.asarray(y))
+
+
 def train_step_cost(model, x, y):
     """Returns XLA's cost of one JAX train step of a compiled Keras model.
 
@@ -31,13 +47,8 @@ def train_step_cost(model, x, y):
         >>> model.train_on_batch(x, y)
         >>> train_step_cost(model, x, y)["flops"]  # doctest: +SKIP
     """
-    state = (
-        [v.value for v in model.trainable_variables],
-        [v.value for v in model.non_trainable_variables],
-        [v.value for v in model.optimizer.variables],
-        [v.value for v in model.metrics_variables],
-    )
-    compiled = jax.jit(model.train_step).lower(state, (x, y)).compile()
+    compiled = jax.jit(model.train_step).lower(*train_step_arguments(model, x, y))
+    compiled = compiled.compile()
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):
         cost = cost[0]

@@ -94,14 +94,10 @@ def _jax_count(model, x, y):
                         total += count(inner)
         return total
 
-    state = (
-        [v.value for v in model.trainable_variables],
-        [v.value for v in model.non_trainable_variables],
-        [v.value for v in model.optimizer.variables],
-        [v.value for v in model.metrics_variables],
-    )
-    data = (jax.numpy.asarray(x), jax.numpy.asarray(y))
-    return count(jax.make_jaxpr(model.train_step)(state, data).jaxpr)
+    from benchmarks import xla_cost
+
+    arguments = xla_cost.train_step_arguments(model, x, y)
+    return count(jax.make_jaxpr(model.train_step)(*arguments).jaxpr)
 
 
 def _torch_count(model, x, y):
